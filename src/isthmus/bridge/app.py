@@ -1,0 +1,221 @@
+"""The bridge as one raw ASGI app: authenticate, then dispatch by the first path segment.
+
+    /healthz                 liveness, no auth
+    /, /static/...           the Explorer (its own files; login happens in the page)
+    /_edge/connect           edges' WebSocket
+    /events                  Server-Sent Events
+    /edge/..., /menu, /auth/..., /bridge/terminate, /api/...   the bridge's API (FastAPI)
+    /bridge/{plugin}/...     plugins hosted in the bridge process
+    /{edge}/{plugin}/...     forwarded to the edge (the hot path, raw ASGI)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config import AppConfig
+from ..host import PluginHost
+from ..types import Principal, Role, current_principal
+from .api import build_api
+from .auth import TokenStore, credentials, same_origin
+from .edges import EdgeRegistry
+from .events import EventBus, serve_events
+from .proxy import forward, respond
+
+log = logging.getLogger("isthmus.bridge")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_SEGMENTS = frozenset({"edge", "menu", "auth", "api", "plugins"})
+PUBLIC_PATHS = frozenset({"/auth/login", "/auth/logout"})
+_HEALTH = orjson.dumps({"status": "ok"})
+
+
+@dataclass
+class BridgeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    request_timeout: float = 60.0
+    max_body: int = 64 * 1024**3
+    tls: bool = False
+    event_ring: int = 10_000
+    event_queue: int = 10_000
+
+
+class Bridge:
+    def __init__(self, settings: BridgeSettings, tokens: TokenStore, app_config: AppConfig | None = None,
+                 plugins: list[str] | None = None) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.app_config = app_config or AppConfig()
+        self.bus = EventBus(settings.event_ring, settings.event_queue)
+        self.edges = EdgeRegistry(tokens, self.bus, max_body=settings.max_body)
+        self.local: PluginHost | None = None
+        if plugins:
+            self.local = PluginHost(self.app_config, plugins, notify=self._local_notify, name="bridge")
+            self.local.load()
+            self.edges.local_topology = self.local.manifests
+            self.edges.topology_listeners.append(self.local.set_topology)
+        self.api = build_api(self)
+        self.explorer: Any = None
+        self._exit: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            from .explorer import build_explorer
+
+            self.explorer = build_explorer(self)
+        except ImportError:
+            self.explorer = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        self._exit = callback
+
+    def request_exit(self) -> None:
+        if self._exit is not None:
+            asyncio.get_running_loop().call_later(0.1, self._exit)
+
+    async def startup(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.local is not None:
+            await self.local.startup()
+
+    async def shutdown(self) -> None:
+        for name in list(self.edges.edges):
+            edge = self.edges.edges.get(name)
+            if edge is not None and edge.closer is not None:
+                await edge.closer(1001, "bridge shutting down")
+        if self.local is not None:
+            await self.local.shutdown()
+
+    def _local_notify(self, plugin: str, topic: str, data: Any, owner: Principal | None) -> None:
+        body = orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
+        publish = self.bus.notification
+        args = ("bridge", plugin, topic, body, owner.name if owner else None)
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            publish(*args)
+        else:
+            loop.call_soon_threadsafe(publish, *args)
+
+    # -- ASGI -------------------------------------------------------------------------------------
+
+    def authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, bool]:
+        token, from_cookie = credentials(scope["headers"])
+        return self.tokens.client(token), from_cookie
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            if scope["path"] == "/_edge/connect":
+                await self.edges.serve(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope["path"]
+        if path == "/healthz":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": _HEALTH})
+            return
+        first, _, rest = path[1:].partition("/")
+        if self.explorer is not None and (first in ("", "static", "favicon.ico")):
+            await self.explorer(scope, receive, send)
+            return
+        if path in PUBLIC_PATHS:
+            await self.api(scope, receive, send)
+            return
+        principal, from_cookie = self.authenticate(scope)
+        if principal is None:
+            await respond(send, 401, "authentication required: send 'Authorization: Bearer <token>' "
+                                     "(create one with 'isthmus token create')",
+                          [(b"www-authenticate", b"Bearer")])
+            return
+        method: str = scope["method"]
+        if method not in SAFE_METHODS:
+            if from_cookie and not same_origin(scope["headers"]):
+                await respond(send, 403, "cross-site request refused")
+                return
+            if not principal.can(Role.user):
+                await respond(send, 403, f"the {principal.role.name} role may only read (GET); "
+                                         "this needs the user role")
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        if first == "events":
+            await serve_events(self.bus, principal, scope, receive, send)
+        elif first in API_SEGMENTS or path == "/bridge/terminate":
+            await self.api(scope, receive, send)
+        elif first == "bridge":
+            await self._local_plugin(rest, scope, receive, send, principal)
+        else:
+            edge = self.edges.get(first)
+            if edge is None:
+                await respond(send, 404, f"no edge named {first!r} is connected; GET /edge/list shows "
+                                         "the connected edges")
+                return
+            if not rest:
+                await respond(send, 404, f"name a plugin: /{first}/<plugin>/...")
+                return
+            await forward(edge, "/" + rest, scope, receive, send, principal,
+                          rid=next(self.edges.ids), max_body=self.settings.max_body,
+                          deadline=self.settings.request_timeout)
+
+    async def _local_plugin(self, rest: str, scope: dict[str, Any], receive: Any, send: Any,
+                            principal: Principal) -> None:
+        if self.local is None:
+            await respond(send, 404, "this bridge hosts no plugins (start it with --plugins)")
+            return
+        plugin = rest.partition("/")[0]
+        failure = self.local.failed_plugin(plugin)
+        if failure:
+            await respond(send, 503, f"plugin {plugin} is not available: {failure}")
+            return
+        inner = dict(scope)
+        inner["path"] = "/" + rest
+        inner["raw_path"] = inner["path"].encode()
+        token = current_principal.set(principal)
+        try:
+            await self.local.app(inner, receive, send)
+        finally:
+            current_principal.reset(token)
+
+
+def tokens_path(app_config: AppConfig, explicit: str | Path | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    if app_config.tokens_file:
+        return Path(app_config.tokens_file).expanduser()
+    return app_config.config_dir / "tokens.json"

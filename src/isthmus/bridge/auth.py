@@ -1,0 +1,210 @@
+"""Tokens: clients (viewer, user, admin) and edge enrolment, stored hashed.
+
+A token file (JSON, mode 600) holds SHA-256 digests only: tokens are 256-bit random
+strings, so a plain digest is as strong as a slow hash here and costs microseconds per
+request. ``ISTHMUS_ADMIN_TOKEN`` and ``ISTHMUS_EDGE_TOKEN`` add one token each from the
+environment. The file is re-read when it changes, so ``isthmus token create`` takes
+effect without a restart.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..types import Principal, Role
+
+TOKEN_PREFIX = "ist_"
+COOKIE_NAME = "isthmus_session"
+EDGE_ROLE = "edge"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class EdgeGrant:
+    """An enrolment token's right to register edges whose names match ``pattern``."""
+
+    id: str
+    pattern: str
+
+    def allows(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+class TokenStore:
+    def __init__(self, path: Path | None, *, admin_token: str | None = None,
+                 edge_token: str | None = None) -> None:
+        self.path = path
+        self._env_clients: dict[str, Principal] = {}
+        self._env_edges: dict[str, EdgeGrant] = {}
+        if admin_token:
+            self._env_clients[digest(admin_token)] = Principal("admin", Role.admin)
+        if edge_token:
+            self._env_edges[digest(edge_token)] = EdgeGrant("env", "*")
+        self._file_clients: dict[str, Principal] = {}
+        self._file_edges: dict[str, EdgeGrant] = {}
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._refresh(force=True)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return
+        self._checked = now
+        if self.path is None:
+            return
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self._file_clients, self._file_edges, self._mtime = {}, {}, None
+            return
+        if mtime == self._mtime and not force:
+            return
+        entries = read_entries(self.path)
+        clients: dict[str, Principal] = {}
+        edges: dict[str, EdgeGrant] = {}
+        for entry in entries:
+            if entry.get("revoked"):
+                continue
+            if entry["role"] == EDGE_ROLE:
+                edges[entry["hash"]] = EdgeGrant(entry["id"], entry.get("edge") or "*")
+            else:
+                clients[entry["hash"]] = Principal(entry.get("name") or entry["id"], Role.parse(entry["role"]))
+        self._file_clients, self._file_edges, self._mtime = clients, edges, mtime
+
+    def client(self, token: str | None) -> Principal | None:
+        """The principal a client token stands for, or None."""
+        if not token:
+            return None
+        self._refresh()
+        key = digest(token)
+        found = self._env_clients.get(key) or self._file_clients.get(key)
+        return found
+
+    def edge_allowed(self, token: str | None, name: str) -> bool:
+        if not token:
+            return False
+        self._refresh()
+        key = digest(token)
+        grant = self._env_edges.get(key) or self._file_edges.get(key)
+        return grant is not None and grant.allows(name)
+
+    @property
+    def has_edge_tokens(self) -> bool:
+        self._refresh()
+        return bool(self._env_edges or self._file_edges)
+
+    @property
+    def has_client_tokens(self) -> bool:
+        self._refresh()
+        return bool(self._env_clients or self._file_clients)
+
+
+# -- the token file ---------------------------------------------------------------------------
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return []
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    return list(data.get("tokens", []))
+
+
+def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"tokens": entries}, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def create_token(path: Path, role: str, name: str | None = None, edge: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Add a token to the file; returns (the token, shown once; its entry)."""
+    if role != EDGE_ROLE:
+        Role.parse(role)
+    token = new_token()
+    entry = {
+        "id": "tok_" + secrets.token_hex(4),
+        "name": name or (f"edge:{edge or '*'}" if role == EDGE_ROLE else role),
+        "role": role,
+        "hash": digest(token),
+        "created": int(time.time()),
+    }
+    if role == EDGE_ROLE:
+        entry["edge"] = edge or "*"
+    entries = read_entries(path)
+    entries.append(entry)
+    _write_entries(path, entries)
+    return token, entry
+
+
+def revoke_token(path: Path, token_id: str) -> bool:
+    entries = read_entries(path)
+    found = False
+    for entry in entries:
+        if entry["id"] == token_id:
+            entry["revoked"] = int(time.time())
+            found = True
+    if found:
+        _write_entries(path, entries)
+    return found
+
+
+# -- reading credentials from a request --------------------------------------------------------
+
+def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+    """(token, from_cookie) from an ASGI header list."""
+    cookie_token = None
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token.strip(), False
+        elif key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == COOKIE_NAME and v:
+                    cookie_token = v
+    return cookie_token, cookie_token is not None
+
+
+def same_origin(headers: list[tuple[bytes, bytes]]) -> bool:
+    """For cookie-authenticated unsafe requests: refuse cross-site ones (CSRF)."""
+    host = origin = site = None
+    for key, value in headers:
+        if key == b"host":
+            host = value.decode("latin-1")
+        elif key == b"origin":
+            origin = value.decode("latin-1")
+        elif key == b"sec-fetch-site":
+            site = value.decode("latin-1")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    if origin is not None and host is not None:
+        return origin.split("://", 1)[-1] == host
+    return True
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,208 @@
+"""The event bus behind ``GET /events`` (Server-Sent Events).
+
+Each event is encoded once and shared by every subscriber. Subscribers have bounded
+queues: a client that does not read loses events (and is told so with a ``gap``
+event) instead of growing the bridge's memory. A bounded ring buffer serves
+``Last-Event-ID`` replays after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from ..types import Principal
+
+log = logging.getLogger("isthmus.events")
+
+KEEPALIVE = 15.0
+RING_SIZE = 10_000
+QUEUE_SIZE = 10_000
+MAX_WRITE = 256 * 1024
+
+
+@dataclass(slots=True)
+class Event:
+    id: int
+    payload: bytes  # the encoded SSE block, "id: ..\ndata: ..\n\n"
+    edge: str | None
+    plugin: str | None
+    topic: str  # the notification topic, or "topology"
+    owner: str | None  # principal name the event belongs to; None = everyone
+
+
+@dataclass
+class Filters:
+    edges: frozenset[str] | None = None
+    plugins: frozenset[str] | None = None
+    topics: frozenset[str] | None = None
+
+    @classmethod
+    def from_query(cls, query: bytes) -> Filters:
+        params = parse_qs(query.decode("latin-1"))
+
+        def pick(name: str) -> frozenset[str] | None:
+            values = [v for raw in params.get(name, []) for v in raw.split(",") if v]
+            return frozenset(values) if values else None
+
+        return cls(pick("edge"), pick("plugin"), pick("topic"))
+
+
+@dataclass(eq=False)
+class Subscriber:
+    principal: Principal
+    filters: Filters
+    queue: deque[bytes] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+    limit: int = QUEUE_SIZE
+
+    def wants(self, event: Event) -> bool:
+        if event.owner is not None and not self.principal.is_admin and event.owner != self.principal.name:
+            return False
+        f = self.filters
+        if event.topic == "topology":
+            return f.topics is None or "topology" in f.topics
+        if f.edges is not None and event.edge not in f.edges:
+            return False
+        if f.plugins is not None and event.plugin not in f.plugins:
+            return False
+        return f.topics is None or event.topic in f.topics
+
+    def push(self, payload: bytes) -> None:
+        if len(self.queue) >= self.limit:
+            self.dropped += 1
+        else:
+            self.queue.append(payload)
+        self.wake.set()
+
+
+class EventBus:
+    def __init__(self, ring_size: int = RING_SIZE, queue_size: int = QUEUE_SIZE) -> None:
+        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._next = 1
+        self._subs: set[Subscriber] = set()
+        self.queue_size = queue_size
+        self.published = 0
+
+    @property
+    def last_id(self) -> int:
+        return self._next - 1
+
+    def _emit(self, body: bytes, edge: str | None, plugin: str | None, topic: str,
+              owner: str | None) -> None:
+        eid = self._next
+        self._next += 1
+        payload = b"id: %d\ndata: %s\n\n" % (eid, body)
+        event = Event(eid, payload, edge, plugin, topic, owner)
+        self._ring.append(event)
+        self.published += 1
+        for sub in self._subs:
+            if sub.wants(event):
+                sub.push(payload)
+
+    def notification(self, edge: str, plugin: str, topic: str, data_json: bytes,
+                     owner: str | None) -> None:
+        """Publish a plugin notification whose data is already JSON (from the edge)."""
+        head = orjson.dumps({"edge": edge, "plugin": plugin, "topic": topic})
+        body = b'{"topic":"notification","data":' + head[:-1] + b',"data":' + data_json + b"}}"
+        self._emit(body, edge, plugin, topic, owner)
+
+    def topology(self, edges: dict[str, Any]) -> None:
+        body = orjson.dumps({"topic": "topology", "data": {"edges": edges}})
+        self._emit(body, None, None, "topology", None)
+
+    def subscribe(self, principal: Principal, filters: Filters, last_id: int | None) -> Subscriber:
+        sub = Subscriber(principal, filters, limit=self.queue_size)
+        if last_id is not None:
+            oldest = self._ring[0].id if self._ring else self._next
+            if last_id + 1 < oldest:
+                sub.push(_gap(oldest - last_id - 1, "the replay buffer no longer holds them"))
+            for event in self._ring:
+                if event.id > last_id and sub.wants(event):
+                    sub.push(event.payload)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+
+def _gap(missed: int, why: str) -> bytes:
+    body = orjson.dumps({"topic": "gap", "data": {"missed": missed, "reason": why}})
+    return b"event: gap\ndata: %s\n\n" % body
+
+
+def _last_event_id(headers: list[tuple[bytes, bytes]], query: bytes) -> int | None:
+    for key, value in headers:
+        if key == b"last-event-id":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    params = parse_qs(query.decode("latin-1"))
+    if "last_event_id" in params:
+        try:
+            return int(params["last_event_id"][0])
+        except ValueError:
+            return None
+    return None
+
+
+async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any],
+                       receive: Any, send: Any, keepalive: float = KEEPALIVE) -> None:
+    """Stream events to one client until it goes away."""
+    filters = Filters.from_query(scope.get("query_string", b""))
+    sub = bus.subscribe(principal, filters, _last_event_id(scope["headers"], scope.get("query_string", b"")))
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-store"),
+        (b"x-accel-buffering", b"no"),
+    ]})
+    disconnected = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                sub.wake.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await send({"type": "http.response.body", "body": b": connected\nretry: 2000\n\n", "more_body": True})
+        while not disconnected.is_set():
+            if not sub.queue and not sub.dropped:
+                sub.wake.clear()
+                try:
+                    await asyncio.wait_for(sub.wake.wait(), keepalive)
+                except TimeoutError:
+                    await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                    continue
+            parts: list[bytes] = []
+            size = 0
+            while sub.queue and size < MAX_WRITE:
+                item = sub.queue.popleft()
+                parts.append(item)
+                size += len(item)
+            if sub.dropped and not sub.queue:
+                parts.append(_gap(sub.dropped, "this client read too slowly"))
+                sub.dropped = 0
+            if parts:
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+    except OSError:
+        pass
+    finally:
+        bus.unsubscribe(sub)
+        watcher.cancel()

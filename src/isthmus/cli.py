@@ -1,0 +1,365 @@
+"""``isthmus`` — run a bridge, an edge, the demo; manage tokens and plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+
+from .config import AppConfig, load_app_config
+from .errors import ConfigError
+
+app = typer.Typer(help="Isthmus: reach HPC clusters from anywhere.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+token_app = typer.Typer(help="Create, list and revoke API and enrolment tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+log = logging.getLogger("isthmus")
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="isthmus.yaml to read "
+                      "(default ./isthmus.yaml, then ~/.config/isthmus/isthmus.yaml).")]
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _config(path: str | None) -> AppConfig:
+    try:
+        return load_app_config(path)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _plugins(value: str | None) -> list[str] | None:
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+
+# -- bridge -----------------------------------------------------------------------------------
+
+def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls_key: str | None,
+                    level: str, loop: str) -> Any:
+    import uvicorn
+
+    from .protocol import MAX_MESSAGE
+
+    return uvicorn.Config(bridge, host=host, port=port, lifespan="on", loop=loop, http="httptools",
+                          ws="websockets", ws_max_size=MAX_MESSAGE, ws_ping_interval=20.0,
+                          ws_ping_timeout=20.0, log_level=level.lower(), access_log=False,
+                          ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
+                          proxy_headers=False, server_header=False)
+
+
+def make_bridge(app_config: AppConfig, *, admin_token: str | None, edge_token: str | None,
+                tokens_file: str | None, plugins: list[str] | None, tls: bool,
+                request_timeout: float | None = None, max_body: int | None = None) -> Any:
+    from .bridge.app import Bridge, BridgeSettings, tokens_path
+    from .bridge.auth import TokenStore
+
+    tokens = TokenStore(tokens_path(app_config, tokens_file), admin_token=admin_token, edge_token=edge_token)
+    settings = BridgeSettings(tls=tls, **{k: v for k, v in app_config.bridge.items()
+                                          if k in BridgeSettings.__dataclass_fields__})
+    if request_timeout:
+        settings.request_timeout = request_timeout
+    if max_body:
+        settings.max_body = max_body
+    return Bridge(settings, tokens, app_config, plugins)
+
+
+def _check_transport(host: str, tls_cert: str | None, tls_key: str | None, allow_insecure_http: bool) -> None:
+    if bool(tls_cert) != bool(tls_key):
+        typer.echo("error: --tls-cert and --tls-key go together", err=True)
+        raise typer.Exit(2)
+    if not tls_cert and not is_loopback(host) and not allow_insecure_http:
+        typer.echo(f"error: refusing plain HTTP on {host}: tokens would cross the network in clear. "
+                   "Give --tls-cert/--tls-key, listen on 127.0.0.1 behind a TLS proxy, or pass "
+                   "--allow-insecure-http if you really mean it.", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def bridge(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    config: ConfigOpt = None,
+    plugins: Annotated[str | None, typer.Option(help="Plugins to host in the bridge itself "
+                                                 "(names or pkg.module:Class), comma-separated.")] = None,
+    tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    allow_insecure_http: Annotated[bool, typer.Option(help="Allow plain HTTP on a non-loopback address.")] = False,
+    request_timeout: Annotated[float | None, typer.Option(help="Seconds an edge has to answer (default 60).")] = None,
+    max_body: Annotated[int | None, typer.Option(help="Largest request body in bytes.")] = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run the bridge: the public REST API, event stream and Explorer that edges dial into.
+
+    Environment: ISTHMUS_ADMIN_TOKEN (an admin client token), ISTHMUS_EDGE_TOKEN (an edge
+    enrolment token).
+    """
+    _setup_logging(log_level)
+    _check_transport(host, tls_cert, tls_key, allow_insecure_http)
+    app_config = _config(config)
+    the_bridge = make_bridge(app_config, admin_token=os.environ.get("ISTHMUS_ADMIN_TOKEN"),
+                             edge_token=os.environ.get("ISTHMUS_EDGE_TOKEN"), tokens_file=tokens_file,
+                             plugins=_plugins(plugins), tls=bool(tls_cert),
+                             request_timeout=request_timeout, max_body=max_body)
+    if not the_bridge.tokens.has_client_tokens:
+        log.warning("no client tokens: set ISTHMUS_ADMIN_TOKEN or run 'isthmus token create --role admin'")
+    if not the_bridge.tokens.has_edge_tokens:
+        log.warning("no edge enrolment tokens: set ISTHMUS_EDGE_TOKEN or run "
+                    "'isthmus token create --role edge --edge NAME'")
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(the_bridge, host, port, tls_cert, tls_key, log_level, "uvloop"))
+    the_bridge.on_exit(lambda: setattr(server, "should_exit", True))
+    server.run()
+
+
+# -- edge -------------------------------------------------------------------------------------
+
+def _ws_url(url: str, allow_insecure_http: bool) -> str:
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        typer.echo(f"error: --bridge must be ws://, wss://, http:// or https://, not {url!r}", err=True)
+        raise typer.Exit(2)
+    if scheme == "ws" and not is_loopback(parts.hostname or "") and not allow_insecure_http:
+        typer.echo("error: refusing ws:// to a non-loopback bridge; use wss:// or --allow-insecure-http",
+                   err=True)
+        raise typer.Exit(2)
+    return parts._replace(scheme=scheme).geturl()
+
+
+def build_edge(app_config: AppConfig, name: str, bridge_url: str, token: str | None,
+               plugins: list[str] | None, *, ca_file: str | None = None,
+               overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Any]:
+    from . import schedulers
+    from .edge.service import EdgeService
+    from .host import PluginHost
+
+    schedulers.force(app_config.scheduler)
+    host = PluginHost(app_config, plugins, name=name, overrides=overrides)
+    host.load()
+    for pid, record in host.records.items():
+        if record.error:
+            log.error("plugin %s: %s", pid, record.error)
+    service = EdgeService(host, bridge_url, name, token, ca_file=ca_file)
+    return host, service
+
+
+async def _edge_main(host: Any, service: Any, watch: list[Path]) -> None:
+    from .edge.service import run_edge
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(host.reload()))
+    watcher = asyncio.create_task(_watch_config(host, watch)) if watch else None
+    try:
+        await run_edge(host, service)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _watch_config(host: Any, paths: list[Path]) -> None:
+    """Reload plugin configs when isthmus.yaml or a plugin.yaml changes on disk."""
+    try:
+        from watchfiles import awatch
+    except ImportError:
+        return
+    existing = [str(p) for p in paths if p.exists()]
+    if not existing:
+        return
+    async for _changes in awatch(*existing, debounce=300, recursive=True):
+        results = await host.reload()
+        log.info("config changed on disk; reload: %s", results)
+
+
+@app.command()
+def edge(
+    bridge: Annotated[str, typer.Option("--bridge", help="Bridge URL, e.g. ws://127.0.0.1:8000 or wss://bridge:443.")],
+    name: Annotated[str, typer.Option(help="This edge's name (letters, digits, . _ -).")],
+    plugins: Annotated[str | None, typer.Option(help="Plugins to load, by name or pkg.module:Class, "
+                                                 "comma-separated (default: enabled installed ones).")] = None,
+    config: ConfigOpt = None,
+    ca_file: Annotated[str | None, typer.Option(help="CA bundle to verify a wss:// bridge.")] = None,
+    allow_insecure_http: Annotated[bool, typer.Option(help="Allow ws:// to a non-loopback bridge.")] = False,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run an edge: dial out to the bridge and host plugins.
+
+    Environment: ISTHMUS_EDGE_TOKEN (the enrolment token the bridge accepts).
+    """
+    _setup_logging(log_level)
+    url = _ws_url(bridge, allow_insecure_http)
+    app_config = _config(config)
+    token = os.environ.get("ISTHMUS_EDGE_TOKEN")
+    if not token:
+        log.warning("ISTHMUS_EDGE_TOKEN is not set; the bridge will refuse this edge")
+    host, service = build_edge(app_config, name, url, token, _plugins(plugins), ca_file=ca_file)
+    watch = [app_config.path, app_config.config_dir / "plugins"] if app_config.path else []
+    asyncio.run(_edge_main(host, service, [p for p in watch if p]))
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
+    # The demo runs jobs anywhere on this laptop: no allow-list (documented in operations.md).
+    "psij": {"allow_any_executable": True},
+}
+
+
+@app.command()
+def demo(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    token_file: Annotated[str | None, typer.Option(help="Write the admin token to this file.")] = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "warning",
+) -> None:
+    """Run a bridge and one edge named 'demo' on a simulated cluster, in one process."""
+    _setup_logging(log_level)
+    _check_transport(host, None, None, False)
+    app_config = _config(config)
+    if app_config.scheduler == "auto":
+        app_config.scheduler = "simulated"
+    app_config.plugins.setdefault("simulator", {}).setdefault("enabled", True)
+    admin_token = os.environ.get("ISTHMUS_ADMIN_TOKEN") or "ist_" + secrets.token_urlsafe(24)
+    edge_token = secrets.token_urlsafe(24)
+    the_bridge = make_bridge(app_config, admin_token=admin_token, edge_token=edge_token,
+                             tokens_file=None, plugins=None, tls=False)
+    url = f"http://{host}:{port}"
+    edge_host, service = build_edge(app_config, "demo", f"ws://{host}:{port}", edge_token, None,
+                                    overrides={k: v for k, v in DEMO_OVERRIDES.items()})
+    if token_file:
+        path = Path(token_file)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(admin_token + "\n")
+    asyncio.run(_demo_main(the_bridge, edge_host, service, host, port, url, admin_token, log_level))
+
+
+async def _demo_main(the_bridge: Any, edge_host: Any, service: Any, host: str, port: int, url: str,
+                     token: str, level: str) -> None:
+    import uvicorn
+
+    from .edge.service import run_edge
+
+    server = uvicorn.Server(_uvicorn_config(the_bridge, host, port, None, None, level, "asyncio"))
+    the_bridge.on_exit(lambda: setattr(server, "should_exit", True))
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if serving.done():
+        await serving
+        raise typer.Exit(1)
+    edge_task = asyncio.create_task(run_edge(edge_host, service))
+    print(f"\n  Isthmus demo is running.\n\n  Explorer:  {url}/\n  Token:     {token}\n\n"
+          f"  Try:  curl -H 'Authorization: Bearer {token}' {url}/edge/list\n"
+          "  Stop with Ctrl-C.\n", flush=True)
+    try:
+        await serving
+    finally:
+        service.stop()
+        try:
+            await asyncio.wait_for(edge_task, 15)
+        except (TimeoutError, asyncio.CancelledError):
+            edge_task.cancel()
+    print("  Isthmus demo stopped.", flush=True)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="viewer (read only), user (use plugins), admin, or edge (enrolment).")],
+    name: Annotated[str | None, typer.Option(help="Who the token is for (shown in logs and whoami).")] = None,
+    edge: Annotated[str | None, typer.Option(help="For --role edge: edge name or glob it may register as.")] = None,
+    tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from .bridge.app import tokens_path
+    from .bridge.auth import create_token
+
+    if role not in ("viewer", "user", "admin", "edge"):
+        typer.echo("error: --role must be viewer, user, admin or edge", err=True)
+        raise typer.Exit(2)
+    path = tokens_path(_config(config), tokens_file)
+    token, entry = create_token(path, role, name=name, edge=edge)
+    typer.echo(f"created {entry['id']} ({role}) in {path}", err=True)
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List tokens (ids, names, roles; never the tokens themselves)."""
+    from .bridge.app import tokens_path
+    from .bridge.auth import read_entries
+
+    for entry in read_entries(tokens_path(_config(config), tokens_file)):
+        state = "revoked" if entry.get("revoked") else "active"
+        extra = f" edge={entry['edge']}" if entry.get("edge") else ""
+        typer.echo(f"{entry['id']}\t{entry['role']}\t{entry.get('name', '')}\t{state}{extra}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The id shown by 'isthmus token list'.")],
+    tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a token; a running bridge notices within a second."""
+    from .bridge.app import tokens_path
+    from .bridge.auth import revoke_token
+
+    if not revoke_token(tokens_path(_config(config), tokens_file), token_id):
+        typer.echo(f"error: no token {token_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {token_id}")
+
+
+# -- plugins ----------------------------------------------------------------------------------
+
+@app.command("plugins")
+def plugins_cmd(config: ConfigOpt = None) -> None:
+    """List installed plugins and whether this configuration enables them (imports none)."""
+    from .host import select_plugins
+
+    for pid, spec, enabled in select_plugins(_config(config), None):
+        typer.echo(f"{pid}\t{'enabled' if enabled else 'disabled'}\t{spec}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

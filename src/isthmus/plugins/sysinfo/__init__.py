@@ -1,0 +1,1 @@
+"""System information of the edge's host: CPU, memory, disks, network, GPUs, filesystems."""

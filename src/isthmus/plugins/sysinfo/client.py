@@ -1,0 +1,20 @@
+"""Python client of the sysinfo plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...sdk.client import PluginClient
+
+
+class SysinfoClient(PluginClient):
+    plugin_name = "sysinfo"
+
+    def info(self) -> dict[str, Any]:
+        return self._get("info")
+
+    def homedir(self) -> str:
+        return self._get("homedir")["homedir"]
+
+    def metrics(self) -> dict[str, Any]:
+        return self._get(f"metrics/{self._require_sid()}")

@@ -1,0 +1,1 @@
+"""The plugin SDK: base classes, client, UI schema, menus, registry."""

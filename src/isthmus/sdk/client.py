@@ -1,0 +1,245 @@
+"""The Python client: BridgeClient → EdgeClient → PluginClient (seed 000, 3.3.4)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import httpx
+
+from ..errors import ClientError
+from .events_client import EventStream
+from .registry import client_class_for, client_classes
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+NotificationCallback = Callable[[str, str, str, Any], None]
+TopologyCallback = Callable[[dict[str, Any]], None]
+
+
+def raise_for(resp: httpx.Response, context: str = "") -> None:
+    """Raise ClientError with the server's detail for a non-2xx answer."""
+    if resp.is_success:
+        return
+    try:
+        body = resp.json()
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+    except ValueError:
+        detail = resp.text[:500]
+    what = f"{context}: " if context else ""
+    raise ClientError(f"{what}HTTP {resp.status_code}: {detail}", status_code=resp.status_code,
+                      detail=detail)
+
+
+class PluginClient:
+    """Client side of one plugin on one edge. Subclasses set ``plugin_name``."""
+
+    plugin_name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("plugin_name"):
+            client_classes[cls.plugin_name] = cls
+
+    def __init__(self, http: httpx.Client, edge: str, plugin: str,
+                 bridge: BridgeClient | None = None) -> None:
+        self._http = http
+        self.edge = edge
+        self.plugin = plugin
+        self._bridge = bridge
+        self.sid: str | None = None
+
+    def _url(self, path: str) -> str:
+        return f"/{self.edge}/{self.plugin}/{path.lstrip('/')}"
+
+    @staticmethod
+    def _raise(resp: httpx.Response, context: str = "") -> None:
+        raise_for(resp, context)
+
+    def _require_sid(self) -> str:
+        if not self.sid:
+            raise RuntimeError("No active session: call register_session() first")
+        return self.sid
+
+    def _get(self, path: str, **params: Any) -> Any:
+        resp = self._http.get(self._url(path), params={k: v for k, v in params.items() if v is not None})
+        self._raise(resp, f"GET {path}")
+        return resp.json()
+
+    def _post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        resp = self._http.post(self._url(path), json=json, **kwargs)
+        self._raise(resp, f"POST {path}")
+        return resp.json()
+
+    def _put(self, path: str, json: Any = None) -> Any:
+        resp = self._http.put(self._url(path), json=json)
+        self._raise(resp, f"PUT {path}")
+        return resp.json()
+
+    def _delete(self, path: str) -> Any:
+        resp = self._http.delete(self._url(path))
+        self._raise(resp, f"DELETE {path}")
+        return resp.json()
+
+    def register_session(self, **kwargs: Any) -> str:
+        self.sid = self._post("register_session", json=kwargs)["sid"]
+        return self.sid
+
+    def unregister_session(self) -> None:
+        if self.sid:
+            sid, self.sid = self.sid, None
+            self._post(f"unregister_session/{sid}")
+
+    close = unregister_session
+
+    def version(self) -> str:
+        return self._get("version")["version"]
+
+    def health(self) -> dict[str, Any]:
+        return self._get("health")
+
+    def list_sessions(self) -> list[str]:
+        return self._get("list_sessions")["sessions"]
+
+    def get_ui_config(self) -> dict[str, Any]:
+        return self._get("ui_config")
+
+    def register_callback(self, callback: NotificationCallback, topic: str | None = None) -> int:
+        """Call ``callback(edge, plugin, topic, data)`` for this plugin's notifications."""
+        if self._bridge is None:
+            raise RuntimeError("this client was made without a BridgeClient; no event stream")
+        return self._bridge.register_callback(edge_id=self.edge, plugin_name=self.plugin,
+                                              topic=topic, callback=callback)
+
+    def __enter__(self) -> PluginClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EdgeClient:
+    """One edge as seen through the bridge."""
+
+    def __init__(self, bridge: BridgeClient, name: str) -> None:
+        self._bridge = bridge
+        self.name = name
+
+    def list_plugins(self) -> dict[str, Any]:
+        edges = self._bridge.list_edges()
+        if self.name not in edges:
+            raise ClientError(f"edge {self.name!r} is not connected", status_code=404)
+        return edges[self.name]["plugins"]
+
+    def get_plugin(self, name: str, client_class: type[PluginClient] | None = None,
+                   register: bool = True, **session_args: Any) -> PluginClient:
+        """A client for plugin ``name`` with a registered session."""
+        cls = client_class or client_class_for(name) or PluginClient
+        client = cls(self._bridge._http, self.name, name, bridge=self._bridge)
+        if register:
+            client.register_session(**session_args)
+        return client
+
+
+class BridgeClient:
+    """Talks to one bridge. Events arrive on a background thread that reconnects itself."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float = 60.0, verify: bool | str = True) -> None:
+        self.url = (url or os.environ.get("ISTHMUS_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token or os.environ.get("ISTHMUS_TOKEN") or os.environ.get("ISTHMUS_ADMIN_TOKEN")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
+        self._verify = verify
+        self._lock = threading.Lock()
+        self._callbacks: dict[int, tuple[str | None, str | None, str | None, NotificationCallback]] = {}
+        self._topology_callbacks: dict[int, TopologyCallback] = {}
+        self._next_id = 0
+        self._events: EventStream | None = None
+
+    # -- REST -------------------------------------------------------------------------------
+
+    def list_edges(self) -> dict[str, Any]:
+        resp = self._http.get("/edge/list")
+        raise_for(resp, "list_edges")
+        return resp.json()["edges"]
+
+    def get_edge_client(self, name: str) -> EdgeClient:
+        return EdgeClient(self, name)
+
+    def disconnect_edge(self, name: str) -> None:
+        raise_for(self._http.post(f"/edge/disconnect/{name}"), f"disconnect {name}")
+
+    def whoami(self) -> dict[str, Any]:
+        resp = self._http.get("/auth/whoami")
+        raise_for(resp, "whoami")
+        return resp.json()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def register_callback(self, edge_id: str | None = None, plugin_name: str | None = None,
+                          topic: str | None = None,
+                          callback: NotificationCallback | None = None) -> int:
+        """Call ``callback(edge, plugin, topic, data)`` for matching notifications."""
+        if callback is None:
+            raise TypeError("register_callback needs a callback")
+        with self._lock:
+            self._next_id += 1
+            self._callbacks[self._next_id] = (edge_id, plugin_name, topic, callback)
+            handle = self._next_id
+        self._ensure_events()
+        return handle
+
+    def register_topology_callback(self, callback: TopologyCallback) -> int:
+        """Call ``callback(edges)`` whenever edges connect or disconnect."""
+        with self._lock:
+            self._next_id += 1
+            self._topology_callbacks[self._next_id] = callback
+            handle = self._next_id
+        self._ensure_events()
+        return handle
+
+    def unregister_callback(self, handle: int) -> None:
+        with self._lock:
+            self._callbacks.pop(handle, None)
+            self._topology_callbacks.pop(handle, None)
+
+    def wait_for_events(self, timeout: float = 10.0) -> bool:
+        """Block until the event stream is connected (useful before submitting work)."""
+        self._ensure_events()
+        assert self._events is not None
+        return self._events.connected.wait(timeout)
+
+    def _ensure_events(self) -> None:
+        with self._lock:
+            if self._events is None:
+                self._events = EventStream(self.url, self.token, self._dispatch, verify=self._verify)
+                self._events.start()
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        topic = event.get("topic")
+        data = event.get("data") or {}
+        with self._lock:
+            callbacks = list(self._callbacks.values())
+            topo = list(self._topology_callbacks.values())
+        if topic == "notification":
+            edge, plugin, ntopic = data.get("edge"), data.get("plugin"), data.get("topic")
+            for e, p, t, cb in callbacks:
+                if (e is None or e == edge) and (p is None or p == plugin) and (t is None or t == ntopic):
+                    cb(edge, plugin, ntopic, data.get("data"))
+        elif topic == "topology":
+            for cb in topo:
+                cb(data.get("edges", {}))
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.stop()
+            self._events = None
+        self._http.close()
+
+    def __enter__(self) -> BridgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,107 @@
+"""A background thread that follows the bridge's ``/events`` stream and reconnects.
+
+It resumes with ``Last-Event-ID`` so that a short disconnect loses nothing the bridge
+still holds in its replay buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+log = logging.getLogger("isthmus.client.events")
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str | None, str]]:
+    """Yield (id, event, data) for each event in a stream of SSE lines."""
+    event_id: str | None = None
+    event: str | None = None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event_id, event, "\n".join(data)
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+        elif name == "event":
+            event = value
+
+
+class EventStream(threading.Thread):
+    def __init__(self, url: str, token: str | None, on_event: Callable[[dict[str, Any]], None],
+                 *, verify: bool | str = True, path: str = "/events") -> None:
+        super().__init__(name="isthmus-events", daemon=True)
+        self._url = url + path
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._on_event = on_event
+        self._verify = verify
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.last_id: str | None = None
+        self._client: httpx.Client | None = None
+
+    def run(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                delay = 0.2
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+                if self._stop.is_set():
+                    break
+                log.debug("event stream broke (%s); reconnecting in %.1fs", exc, delay)
+            self.connected.clear()
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, 10.0)
+
+    def _follow(self) -> None:
+        headers = dict(self._headers)
+        if self.last_id:
+            headers["Last-Event-ID"] = self.last_id
+        timeout = httpx.Timeout(10.0, read=45.0)  # keepalives arrive every 15 s
+        with httpx.Client(timeout=timeout, verify=self._verify) as client:
+            self._client = client
+            with client.stream("GET", self._url, headers=headers) as resp:
+                if resp.status_code in (401, 403):
+                    log.error("event stream refused (HTTP %s): check the token", resp.status_code)
+                    self._stop.wait(10.0)
+                    return
+                resp.raise_for_status()
+                self.connected.set()
+                for event_id, _event, data in parse_sse(resp.iter_lines()):
+                    if event_id:
+                        self.last_id = event_id
+                    try:
+                        payload = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    try:
+                        self._on_event(payload)
+                    except Exception:
+                        log.exception("event callback failed")
+                    if self._stop.is_set():
+                        return
+
+    def stop(self) -> None:
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.join(timeout=2.0)

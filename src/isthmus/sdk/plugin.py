@@ -1,0 +1,418 @@
+"""The server-side plugin base class: one model for both plugin guides.
+
+Seed 000 gives it sessions, ``add_route_*``, ``_forward`` and notifications; seed 003
+gives it metadata, menu sections, lifecycle hooks, ``register_routes`` and a config
+model. A plugin written as either guide shows (imports changed) works unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+from ..errors import PluginError, SessionNotFound
+from ..types import Principal, Role, current_principal
+from .menu import MenuSection
+from .registry import plugin_classes
+from .session import PluginSession
+from .ui import validate_ui_config
+
+if TYPE_CHECKING:
+    from ..config import ConfigSources
+
+log = logging.getLogger("isthmus.plugin")
+
+DEFAULT_SESSION_TTL = 3600.0
+_CLOSED_MEMORY = 4096  # how many closed sids are remembered to answer 410, not 404
+
+# (plugin name, topic, data, owner) -> None; must be safe to call from any thread.
+NotifySink = Callable[[str, str, Any, "Principal | None"], None]
+
+
+@dataclass
+class PluginContext:
+    """What a host hands a plugin while constructing it (config, where to notify)."""
+
+    config: BaseModel | None = None
+    sources: ConfigSources | None = None
+    notify: NotifySink | None = None
+    host: Any = None  # the PluginHost, for topology and app config
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_context: contextvars.ContextVar[PluginContext | None] = contextvars.ContextVar(
+    "isthmus_plugin_context", default=None)
+
+
+class JSON(JSONResponse):
+    """JSON response rendered with orjson (datetimes, dataclasses, fast)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_response(exc: BaseException, plugin: str = "") -> Response:
+    """The one place exceptions from plugin code become HTTP answers (no tracebacks)."""
+    if isinstance(exc, PluginError):
+        return JSON({"detail": exc.detail}, status_code=exc.status_code)
+    if isinstance(exc, HTTPException):
+        return JSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    if isinstance(exc, (ValueError, KeyError, TypeError)) and not isinstance(exc, UnicodeError):
+        return JSON({"detail": f"{type(exc).__name__}: {exc}"}, status_code=400)
+    log.error("plugin %s raised", plugin or "?", exc_info=exc)
+    return JSON({"detail": f"{plugin or 'plugin'} failed: {type(exc).__name__}: {exc}"},
+                status_code=500)
+
+
+def _static_value(cls: type, attr: str) -> Any:
+    """Read a class attribute that may be a property returning a literal (seed 003 style)."""
+    for klass in cls.__mro__:
+        if attr in klass.__dict__:
+            value = klass.__dict__[attr]
+            if isinstance(value, property):
+                try:
+                    return value.fget(None)  # type: ignore[misc]
+                except Exception:  # noqa: BLE001 - a computed property: not static
+                    return None
+            return value
+    return None
+
+
+class SessionTable(dict[str, PluginSession]):
+    """The plugin's sessions. Storing one binds it to the caller and to notifications,
+    so even a hand-written ``register_session`` (seed 000, 3.4.2) gets ownership right."""
+
+    def __init__(self, plugin: Plugin) -> None:
+        super().__init__()
+        self._plugin = plugin
+
+    def __setitem__(self, sid: str, session: PluginSession) -> None:
+        self._plugin._bind_session(session)
+        super().__setitem__(sid, session)
+
+
+class Plugin:
+    """Base class of every Isthmus plugin. Subclasses set ``plugin_name``."""
+
+    plugin_name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "0.1.0"
+    session_class: ClassVar[type[PluginSession]] = PluginSession
+    ui_config: ClassVar[dict[str, Any] | None] = None
+    ui_module: ClassVar[str | None] = None  # .js file, relative to the plugin's module
+    config_model: ClassVar[type[BaseModel] | None] = None
+    session_ttl: ClassVar[float] = DEFAULT_SESSION_TTL
+    requires: ClassVar[tuple[str, ...]] = ()  # plugins to start before this one
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        key = cls.key()
+        if key and ("plugin_name" in cls.__dict__ or "plugin_id" in cls.__dict__):
+            plugin_classes[key] = cls
+
+    @classmethod
+    def key(cls) -> str:
+        """Namespace and registry key: ``plugin_id`` if the class defines one, else ``plugin_name``."""
+        pid = _static_value(cls, "plugin_id")
+        if isinstance(pid, str) and pid:
+            return pid
+        name = _static_value(cls, "plugin_name")
+        return name if isinstance(name, str) else ""
+
+    @classmethod
+    def display_title(cls) -> str:
+        title = cls.title or ""
+        if not title and _static_value(cls, "plugin_id"):  # seed 003: plugin_name is the display name
+            title = _static_value(cls, "plugin_name") or ""
+        return title or (cls.ui_config or {}).get("title") or cls.key()
+
+    def __init__(self, app: FastAPI | None = None, instance_name: str | None = None) -> None:
+        ctx = _context.get()
+        self.instance_name = instance_name or self.key()
+        if not self.instance_name:
+            raise TypeError(f"{type(self).__name__} has no plugin_name")
+        self.namespace = f"/{self.instance_name}"
+        self._sessions: SessionTable = SessionTable(self)
+        self._closed: collections.OrderedDict[str, Principal | None] = collections.OrderedDict()
+        self._routes: list[tuple[str, Callable[..., Any], list[str]]] = []
+        self._notify_sink: NotifySink | None = ctx.notify if ctx else None
+        self.host = ctx.host if ctx else None
+        self.config_sources = ctx.sources if ctx else None
+        model = type(self).config_model
+        self.config: Any = ctx.config if ctx and ctx.config is not None else (model() if model else None)
+        self.app: FastAPI | None = None
+        self._ui = validate_ui_config(type(self).ui_config)
+        if app is not None:
+            self.attach(app)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def attach(self, app: FastAPI) -> None:
+        """Mount auto routes and routes added so far on ``app`` under the namespace."""
+        if self.app is not None:
+            return
+        self.app = app
+        auto: list[tuple[str, Callable[..., Any], list[str]]] = [
+            ("register_session", self.register_session, ["POST"]),
+            ("unregister_session/{sid}", self.unregister_session, ["POST"]),
+            ("version", self._route_version, ["GET"]),
+            ("list_sessions", self._route_list_sessions, ["GET"]),
+            ("health", self._route_health, ["GET"]),
+            ("ui_config", self._route_ui_config, ["GET"]),
+        ]
+        pending, self._routes = self._routes, []
+        for path, handler, methods in auto + pending:
+            self._add_route(path, handler, methods)
+
+    def mount_router(self, app: FastAPI) -> None:
+        """Give ``register_routes`` an APIRouter mounted at the namespace (seed 003)."""
+        if type(self).register_routes is Plugin.register_routes:
+            return
+        router = APIRouter()
+        self.register_routes(router)
+        app.include_router(router, prefix=self.namespace)
+
+    def _add_route(self, path: str, handler: Callable[..., Any], methods: list[str]) -> None:
+        if self.app is None:
+            self._routes.append((path, handler, methods))
+            return
+        full = f"{self.namespace}/{path.lstrip('/')}"
+        self.app.router.add_route(full, self._wrap(handler), methods=methods)
+
+    def _wrap(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
+        name = self.instance_name
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                result = handler(request)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:  # noqa: BLE001 - translated into an answer
+                return error_response(exc, name)
+            return result if isinstance(result, Response) else JSON(result)
+
+        return endpoint
+
+    def add_route_get(self, path: str, handler: Callable[..., Any]) -> None:
+        self._add_route(path, handler, ["GET"])
+
+    def add_route_post(self, path: str, handler: Callable[..., Any]) -> None:
+        self._add_route(path, handler, ["POST"])
+
+    def add_route_put(self, path: str, handler: Callable[..., Any]) -> None:
+        self._add_route(path, handler, ["PUT"])
+
+    def add_route_delete(self, path: str, handler: Callable[..., Any]) -> None:
+        self._add_route(path, handler, ["DELETE"])
+
+    def register_routes(self, router: APIRouter) -> None:
+        """Override to add FastAPI routes; ``router`` is mounted at the plugin's namespace."""
+
+    # -- navigation and lifecycle (seed 003) ----------------------------------------------
+
+    def register_menu_sections(self) -> list[MenuSection]:
+        """Override to add navigation entries; may return [] when the config says so."""
+        return []
+
+    async def on_startup(self) -> None:
+        """Acquire resources; called in registration order once all plugins are built."""
+
+    async def on_shutdown(self) -> None:
+        """Release resources; called in reverse order, with a bounded wait."""
+
+    async def on_config_reload(self, config: Any) -> None:
+        """Called after ``self.config`` was swapped for a new, fully validated one."""
+
+    async def on_topology_change(self, edges: dict[str, Any]) -> None:
+        """Called when edges connect or disconnect (seed 000, 3.4.4)."""
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _create_session(self, sid: str, **kwargs: Any) -> PluginSession:
+        cls = self.session_class
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(kwargs) - set(params))
+            if unknown:
+                raise PluginError(f"register_session does not take {', '.join(unknown)}", 422)
+        return cls(sid, **kwargs)
+
+    def _bind_session(self, session: PluginSession) -> None:
+        if session.owner is None:
+            session.owner = current_principal.get()
+        if session._notify is None:
+            owner = session.owner
+            session._notify = lambda topic, data: self.notify(topic, data, owner=owner)
+
+    async def register_session(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            data = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise PluginError(f"register_session body is not JSON: {exc}", 422) from exc
+        if not isinstance(data, dict):
+            raise PluginError("register_session body must be a JSON object", 422)
+        sid = f"session.{uuid.uuid4().hex[:12]}"
+        session = self._create_session(sid, **data)
+        init = getattr(session, "initialize", None)
+        if init is not None:
+            result = init()
+            if inspect.isawaitable(result):
+                await result
+        self._sessions[sid] = session
+        return JSON({"sid": sid})
+
+    async def unregister_session(self, request: Request) -> Response:
+        sid = request.path_params["sid"]
+        session = self._get_session(sid)
+        result = await self._close_session(sid, session)
+        return JSON(result)
+
+    async def _close_session(self, sid: str, session: PluginSession) -> dict[str, Any]:
+        self._sessions.pop(sid, None)
+        self._closed[sid] = session.owner
+        while len(self._closed) > _CLOSED_MEMORY:
+            self._closed.popitem(last=False)
+        try:
+            result = await session.close()
+        finally:
+            session._active = False
+        return result if isinstance(result, dict) else {"sid": sid, "status": "closed"}
+
+    @staticmethod
+    def _visible(owner: Principal | None, who: Principal | None) -> bool:
+        return who is None or who.is_admin or owner is None or owner.name == who.name
+
+    def _get_session(self, sid: str) -> PluginSession:
+        """The caller's session ``sid``: 404 if unknown or someone else's, 410 if closed."""
+        who = current_principal.get()
+        session = self._sessions.get(sid)
+        if session is not None and self._visible(session.owner, who):
+            session._check_active()
+            session.touch()
+            return session
+        if sid in self._closed and self._visible(self._closed[sid], who):
+            session = PluginSession(sid)
+            session._active = False
+            session._check_active()
+        raise SessionNotFound(f"no session {sid} in plugin {self.instance_name}; "
+                              "call register_session first")
+
+    async def _forward(self, sid: str, method: Callable[..., Any], **kwargs: Any) -> Response:
+        """Call ``method`` on session ``sid`` and answer with its result as JSON."""
+        try:
+            session = self._get_session(sid)
+            bound = getattr(method, "__self__", None) is session
+            result = method(**kwargs) if bound else method(session, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:  # noqa: BLE001 - translated into an answer
+            return error_response(exc, self.instance_name)
+        return result if isinstance(result, Response) else JSON(result)
+
+    async def reap_sessions(self, now: float) -> int:
+        """Close sessions idle longer than ``session_ttl``; returns how many."""
+        expired = [(sid, s) for sid, s in self._sessions.items()
+                   if now - s.last_used > self.session_ttl]
+        for sid, session in expired:
+            try:
+                await self._close_session(sid, session)
+            except Exception:
+                log.exception("closing expired session %s of %s failed", sid, self.instance_name)
+        return len(expired)
+
+    async def close_all_sessions(self) -> None:
+        for sid, session in list(self._sessions.items()):
+            try:
+                await asyncio.wait_for(self._close_session(sid, session), 10)
+            except Exception:
+                log.exception("closing session %s of %s failed", sid, self.instance_name)
+
+    # -- notifications and callers --------------------------------------------------------
+
+    def notify(self, topic: str, data: Any, owner: Principal | None = None) -> None:
+        """Send a notification to event-stream clients; safe from any thread."""
+        sink = self._notify_sink
+        if sink is not None:
+            sink(self.instance_name, topic, data, owner)
+
+    _notify = notify
+
+    @staticmethod
+    def principal() -> Principal | None:
+        """The caller of the request being served (None for in-process callers)."""
+        return current_principal.get()
+
+    @staticmethod
+    def require_role(role: Role) -> None:
+        who = current_principal.get()
+        if who is not None and not who.can(role):
+            raise PluginError(f"this needs the {role.name} role; you are {who.role.name}", 403)
+
+    # -- auto routes ----------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        """What the edge announces about this plugin (``/edge/list``)."""
+        info: dict[str, Any] = {
+            "name": self.instance_name,
+            "title": self.display_title(),
+            "version": self.version,
+            "description": self.description or (self._ui or {}).get("description", ""),
+            "ui_config": self._ui,
+            "menu": [s.model_dump() for s in self.register_menu_sections()],
+        }
+        if self.ui_module:
+            info["ui_module"] = True
+        return info
+
+    def ui_module_path(self) -> Path | None:
+        if not self.ui_module:
+            return None
+        module = inspect.getmodule(type(self))
+        base = Path(module.__file__).parent if module and module.__file__ else Path.cwd()
+        return (base / self.ui_module).resolve()
+
+    async def _route_version(self, request: Request) -> Response:
+        return JSON({"plugin": self.instance_name, "version": self.version})
+
+    async def _route_list_sessions(self, request: Request) -> Response:
+        who = current_principal.get()
+        sids = [sid for sid, s in self._sessions.items() if self._visible(s.owner, who)]
+        return JSON({"sessions": sids})
+
+    async def _route_health(self, request: Request) -> Response:
+        return JSON({"status": "ok", "plugin": self.instance_name, "sessions": len(self._sessions)})
+
+    async def _route_ui_config(self, request: Request) -> Response:
+        return JSON(self._ui or {"title": self.display_title()})
+
+
+def construct(cls: type[Plugin], ctx: PluginContext, app: FastAPI | None = None) -> Plugin:
+    """Build a plugin with ``ctx`` visible to its base ``__init__``.
+
+    Seed 000 plugins take ``(app)``; seed 003 plugins take nothing.
+    """
+    token = _context.set(ctx)
+    try:
+        params = inspect.signature(cls.__init__).parameters
+        takes_app = "app" in params or any(p.kind is p.VAR_POSITIONAL for p in params.values())
+        plugin = cls(app) if takes_app and app is not None else cls()
+        if app is not None:
+            plugin.attach(app)
+        return plugin
+    finally:
+        _context.reset(token)

@@ -1,0 +1,1 @@
+"""Helpers to run real Isthmus components in tests and benchmarks."""

@@ -1,0 +1,60 @@
+"""Small types shared by the bridge, the edge and plugins."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+JSON = dict[str, Any]
+NotifyFn = Callable[[str, Any], None]
+
+
+class Role(IntEnum):
+    """Client roles, ordered: a higher role can do everything a lower one can."""
+
+    viewer = 1  # GET/HEAD only
+    user = 2  # plugins, any method
+    admin = 3  # plus edge disconnect, bridge terminate, plugin config
+
+    @classmethod
+    def parse(cls, value: str | Role) -> Role:
+        if isinstance(value, Role):
+            return value
+        try:
+            return cls[value]
+        except KeyError:
+            raise ValueError(f"unknown role {value!r}; expected one of viewer, user, admin") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: travels with every request from the bridge to the edge."""
+
+    name: str
+    role: Role
+
+    def can(self, role: Role) -> bool:
+        return self.role >= role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role >= Role.admin
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, int(self.role)]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Principal | None:
+        if not value:
+            return None
+        name, role = value
+        return cls(str(name), Role(int(role)))
+
+
+# The principal of the request being served. Set by the edge (and the bridge for its
+# own plugins) around each plugin call; None for in-process callers such as tests.
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "isthmus_principal", default=None)
