@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import protocol as P
-from .link import Link
+from .link import InStream, Link
 from .types import Principal, current_principal
 
 log = logging.getLogger("isthmus.asgi")
@@ -29,14 +29,18 @@ def _error_frame(rid: int, status: int, detail: str) -> dict[str, Any]:
             "b": orjson.dumps({"detail": detail})}
 
 
-async def serve_request(app: Any, frame: dict[str, Any], link: Link,
+def prepare(link: Link, frame: dict[str, Any]) -> InStream | None:
+    """Open the request's inbound stream at once, before any of its chunks is dispatched."""
+    return link.open_inbound(frame["id"]) if frame.get("s") else None
+
+
+async def serve_request(app: Any, frame: dict[str, Any], link: Link, instream: InStream | None,
                         gone: asyncio.Event | None = None) -> None:
     """Run ``app`` for ``frame`` and send the ``res`` (and chunk) frames over ``link``."""
     rid: int = frame["id"]
     principal = Principal.from_wire(frame.get("pr"))
     token = current_principal.set(principal)
     path: str = frame["p"]
-    instream = link.open_inbound(rid) if frame.get("s") else None
     body_sent = False
     gone = gone or asyncio.Event()
     started: dict[str, Any] = {}

@@ -22,7 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from .. import protocol as P
-from ..asgi_call import serve_request
+from ..asgi_call import prepare, serve_request
 from ..host import PluginHost
 from ..link import Link
 from ..types import Principal
@@ -53,6 +53,8 @@ class EdgeService:
         self._gone: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._ws: ClientConnection | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             P.WELCOME: self._on_welcome,
             P.REFUSE: self._on_refuse,
@@ -137,6 +139,7 @@ class EdgeService:
     async def _session(self, ws: ClientConnection) -> None:
         link = Link(ws.send, name="bridge")
         self.link = link
+        self._ws = ws
         link.start()
         link.send({"t": P.HELLO, "v": P.PROTOCOL_VERSION, "name": self.name, "token": self.token,
                    "plugins": self.host.manifests(), "host": socket.gethostname(), "pid": os.getpid()})
@@ -157,6 +160,7 @@ class EdgeService:
             pinger.cancel()
             self.connected.clear()
             self.link = None
+            self._ws = None
             for task in list(self._tasks.values()):
                 task.cancel()
             self._tasks.clear()
@@ -197,7 +201,8 @@ class EdgeService:
             return
         gone = asyncio.Event()
         self._gone[rid] = gone
-        task = asyncio.create_task(serve_request(self.host.app, frame, self.link, gone))
+        instream = prepare(self.link, frame)
+        task = asyncio.create_task(serve_request(self.host.app, frame, self.link, instream, gone))
         self._tasks[rid] = task
         task.add_done_callback(lambda _t, rid=rid: (self._tasks.pop(rid, None), self._gone.pop(rid, None)))
 
@@ -230,9 +235,12 @@ class EdgeService:
         self.stop()
 
     def stop(self) -> None:
+        """Leave the bridge: close the socket; ``run`` then returns."""
         self._stop.set()
-        if self.link is not None:
-            self.link.closed = True
+        ws = self._ws
+        if ws is not None:
+            task = asyncio.ensure_future(ws.close(code=1001, reason="edge stopping"))
+            self._closing = task
 
 
 async def run_edge(host: PluginHost, service: EdgeService) -> None:

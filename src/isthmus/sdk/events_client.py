@@ -48,23 +48,23 @@ class EventStream(threading.Thread):
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._on_event = on_event
         self._verify = verify
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.connected = threading.Event()
         self.last_id: str | None = None
         self._client: httpx.Client | None = None
 
     def run(self) -> None:
         delay = 0.2
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self._follow()
                 delay = 0.2
             except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 log.debug("event stream broke (%s); reconnecting in %.1fs", exc, delay)
             self.connected.clear()
-            if self._stop.wait(delay):
+            if self._halt.wait(delay):
                 break
             delay = min(delay * 2, 10.0)
 
@@ -78,7 +78,7 @@ class EventStream(threading.Thread):
             with client.stream("GET", self._url, headers=headers) as resp:
                 if resp.status_code in (401, 403):
                     log.error("event stream refused (HTTP %s): check the token", resp.status_code)
-                    self._stop.wait(10.0)
+                    self._halt.wait(10.0)
                     return
                 resp.raise_for_status()
                 self.connected.set()
@@ -93,11 +93,11 @@ class EventStream(threading.Thread):
                         self._on_event(payload)
                     except Exception:
                         log.exception("event callback failed")
-                    if self._stop.is_set():
+                    if self._halt.is_set():
                         return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         client = self._client
         if client is not None:
             try:

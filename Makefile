@@ -1,0 +1,47 @@
+# Isthmus — the two commands a new user needs: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test lint system-deps slurm-up slurm-down bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create/update .venv with Isthmus and everything the tests need
+
+demo: install ## Run a bridge on 127.0.0.1:8000 with a simulated-cluster edge named demo
+	$(BIN)/isthmus demo --host 127.0.0.1 --port 8000 --log-level warning
+
+system-deps: ## Install Debian packages the tests need (Slurm, MariaDB, munge, chromium, wrk) when root
+	@scripts/system-deps.sh
+
+lint: install ## ruff
+	$(BIN)/ruff check src tests bench
+
+test: install system-deps lint ## Run the whole suite (starts what it needs: Slurm, bridges, edges, chromium)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+slurm-up: install ## Start a private single-node Slurm; prints `export SLURM_CONF=...` last
+	@$(BIN)/python -m isthmus.testing.slurm up
+
+slurm-down: ## Stop the Slurm that slurm-up started
+	@$(BIN)/python -m isthmus.testing.slurm down
+
+bench: install system-deps ## Run the benchmarks (JSON on stdout; see bench/RESULTS.md)
+	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/tasks.py
+	$(BIN)/python bench/staging.py
+
+clean: ## Remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts src/*.egg-info

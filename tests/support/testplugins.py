@@ -1,0 +1,96 @@
+"""Plugins used only by the tests: slow, streaming, notifying, failing routes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import StreamingResponse
+
+from isthmus import Plugin, PluginSession
+
+
+class ProbeSession(PluginSession):
+    async def ping(self, n: int = 0) -> dict[str, Any]:
+        self._check_active()
+        if self._notify:
+            self._notify("probe", {"id": n, "state": "PINGED"})
+        return {"pong": n}
+
+
+class PluginProbe(Plugin):
+    plugin_name = "probe"
+    title = "Probe"
+    version = "9.9.9"
+    session_class = ProbeSession
+
+    def __init__(self, app: Any = None, instance_name: str | None = None) -> None:
+        super().__init__(app, instance_name)
+        self.marker_dir = Path(os.environ.get("PROBE_MARKERS", "/tmp"))
+        self.add_route_get("sleep", self.sleep)
+        self.add_route_post("echo", self.echo)
+        self.add_route_get("stream", self.stream)
+        self.add_route_post("ping/{sid}", self.ping)
+        self.add_route_get("whoami", self.whoami)
+        self.add_route_post("broadcast", self.broadcast)
+        self.add_route_get("query", self.query)
+
+    async def sleep(self, request: Request) -> dict[str, Any]:
+        seconds = float(request.query_params.get("s", "1"))
+        tag = request.query_params.get("tag", "x")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            (self.marker_dir / f"cancelled-{tag}").write_text("yes")
+            raise
+        return {"slept": seconds}
+
+    async def echo(self, request: Request) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.stream():
+            digest.update(chunk)
+            size += len(chunk)
+        return {"size": size, "sha256": digest.hexdigest()}
+
+    async def stream(self, request: Request) -> StreamingResponse:
+        size = int(request.query_params.get("n", "0"))
+        block = bytes(range(256)) * 256  # 64 KiB
+
+        async def gen() -> Any:
+            left = size
+            while left > 0:
+                piece = block[: min(left, len(block))]
+                left -= len(piece)
+                yield piece
+
+        return StreamingResponse(gen(), media_type="application/octet-stream")
+
+    async def ping(self, request: Request) -> Any:
+        data = await request.json()
+        return await self._forward(request.path_params["sid"], ProbeSession.ping, n=data.get("n", 0))
+
+    async def whoami(self, request: Request) -> dict[str, Any]:
+        who = self.principal()
+        return {"name": who.name if who else None, "role": who.role.name if who else None}
+
+    async def broadcast(self, request: Request) -> dict[str, Any]:
+        count = int(request.query_params.get("n", "1"))
+        for i in range(count):
+            self.notify("flood", {"i": i})
+        return {"sent": count}
+
+    async def query(self, request: Request) -> dict[str, Any]:
+        return {"query": str(request.query_params), "path": request.url.path,
+                "headers": {k: v for k, v in request.headers.items() if k.startswith("x-")}}
+
+
+class PluginBroken(Plugin):
+    plugin_name = "broken"
+
+    async def on_startup(self) -> None:
+        raise RuntimeError("cannot reach the frobnicator")
