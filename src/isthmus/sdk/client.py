@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -146,10 +147,12 @@ class BridgeClient:
     """Talks to one bridge. Events arrive on a background thread that reconnects itself."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *,
-                 timeout: float = 60.0, verify: bool | str = True) -> None:
+                 timeout: float = 60.0, verify: bool | str | ssl.SSLContext = True) -> None:
         self.url = (url or os.environ.get("ISTHMUS_URL") or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get("ISTHMUS_TOKEN") or os.environ.get("ISTHMUS_ADMIN_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if isinstance(verify, str):  # a CA bundle path
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
         self._verify = verify
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ still holds in its replay buffer.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,7 +43,7 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str | None, st
 
 class EventStream(threading.Thread):
     def __init__(self, url: str, token: str | None, on_event: Callable[[dict[str, Any]], None],
-                 *, verify: bool | str = True, path: str = "/events") -> None:
+                 *, verify: bool | str | ssl.SSLContext = True, path: str = "/events") -> None:
         super().__init__(name="isthmus-events", daemon=True)
         self._url = url + path
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
