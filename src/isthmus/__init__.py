@@ -6,6 +6,7 @@ else in the package may change between releases.
 
 from .errors import ClientError, IsthmusError, PluginError, SessionClosed, SessionNotFound
 from .sdk.client import BridgeClient, EdgeClient, PluginClient
+from .sdk.deps import get_app_config, get_topology
 from .sdk.menu import MenuItem, MenuSection
 from .sdk.plugin import Plugin
 from .sdk.session import PluginSession
@@ -29,4 +30,6 @@ __all__ = [
     "SessionClosed",
     "SessionNotFound",
     "__version__",
+    "get_app_config",
+    "get_topology",
 ]

@@ -8,6 +8,7 @@ hooks with error isolation, reloads configs atomically and reaps idle sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import time
@@ -86,6 +87,7 @@ class PluginHost:
         self.notify_sink = notify
         self.overrides = dict(overrides or {})  # plugin id -> values layered under env (demo)
         self.app = FastAPI(title=f"isthmus {name}", docs_url=None, redoc_url=None, openapi_url=None)
+        self.app.state.isthmus_host = self
         self.records: dict[str, PluginRecord] = {}
         self.topology: dict[str, Any] = {}
         self._requested = requested
@@ -161,6 +163,15 @@ class PluginHost:
         for pid in loaded:
             visit(pid, ())
         return order
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
+        """Startup/shutdown as an ASGI lifespan, for hosts served by a plain ASGI server."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     def active(self) -> list[Plugin]:
         return [r.plugin for r in self._ordered() if r.plugin is not None]
