@@ -12,7 +12,7 @@ import contextlib
 import importlib.metadata
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 

@@ -18,7 +18,7 @@ BOB = Principal("bob", Role.user)
 def payloads(sub) -> list[dict]:
     out = []
     for item in sub.queue:
-        data = [line for line in item.split(b"\n") if line.startswith(b"data: ")][0][6:]
+        data = next(line for line in item.split(b"\n") if line.startswith(b"data: "))[6:]
         out.append(orjson.loads(data))
     return out
 
