@@ -201,7 +201,7 @@ def _split(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     current: list[dict[str, Any]] = []
     size = 0
     for frame in batch:
-        body = frame.get("b")
+        body = frame.get("b") or frame.get("d")
         frame_size = 64 + (len(body) if isinstance(body, (bytes, bytearray)) else 0)
         if current and size + frame_size > P.MESSAGE_TARGET:
             messages.append(current)

@@ -45,7 +45,7 @@ class BridgeSettings:
     max_body: int = 64 * 1024**3
     tls: bool = False
     event_ring: int = 10_000
-    event_queue: int = 10_000
+    event_queue: int = 8 * 1024 * 1024  # bytes per event-stream client
 
 
 class Bridge:

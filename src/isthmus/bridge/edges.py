@@ -244,6 +244,7 @@ class EdgeRegistry:
                     handler(edge, frame)
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ProtocolError(f"edge {edge.name} sent a malformed {frame['t']} frame: {exc}") from exc
+            await asyncio.sleep(0)  # a big batch must not starve the event-stream writers
 
     def _on_response(self, edge: EdgeLink, frame: dict[str, Any]) -> None:
         rid = frame["id"]

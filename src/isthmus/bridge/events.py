@@ -23,7 +23,7 @@ log = logging.getLogger("isthmus.events")
 
 KEEPALIVE = 15.0
 RING_SIZE = 10_000
-QUEUE_SIZE = 10_000
+QUEUE_BYTES = 8 * 1024 * 1024  # per subscriber: what a stalled client may cost the bridge
 MAX_WRITE = 256 * 1024
 
 
@@ -61,7 +61,8 @@ class Subscriber:
     queue: deque[bytes] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
-    limit: int = QUEUE_SIZE
+    limit: int = QUEUE_BYTES
+    queued: int = 0  # bytes in ``queue``
 
     def wants(self, event: Event) -> bool:
         if event.owner is not None and not self.principal.is_admin and event.owner != self.principal.name:
@@ -76,15 +77,26 @@ class Subscriber:
         return f.topics is None or event.topic in f.topics
 
     def push(self, payload: bytes) -> None:
-        if len(self.queue) >= self.limit:
+        if self.queued + len(payload) > self.limit:
             self.dropped += 1
         else:
             self.queue.append(payload)
+            self.queued += len(payload)
         self.wake.set()
+
+    def take(self, max_bytes: int) -> list[bytes]:
+        parts: list[bytes] = []
+        size = 0
+        while self.queue and size < max_bytes:
+            item = self.queue.popleft()
+            parts.append(item)
+            size += len(item)
+        self.queued -= size
+        return parts
 
 
 class EventBus:
-    def __init__(self, ring_size: int = RING_SIZE, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, ring_size: int = RING_SIZE, queue_size: int = QUEUE_BYTES) -> None:
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._next = 1
         self._subs: set[Subscriber] = set()
@@ -190,12 +202,7 @@ async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any
                 except TimeoutError:
                     await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
                     continue
-            parts: list[bytes] = []
-            size = 0
-            while sub.queue and size < MAX_WRITE:
-                item = sub.queue.popleft()
-                parts.append(item)
-                size += len(item)
+            parts = sub.take(MAX_WRITE)
             if sub.dropped and not sub.queue:
                 parts.append(_gap(sub.dropped, "this client read too slowly"))
                 sub.dropped = 0
