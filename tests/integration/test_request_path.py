@@ -233,3 +233,24 @@ def test_bridge_client_context_and_reconnecting_events(tmp_path) -> None:
             poll_for(lambda: any("test" not in t for t in topo), 10, what="edge gone event")
             s.start_edge()
             poll_for(lambda: "test" in topo[-1], 20, what="edge back event")
+
+
+def test_topology_reaches_edge_and_bridge_plugins_and_threads_can_notify(tmp_path) -> None:
+    with Stack(plugins=["testplugins:PluginProbe"], bridge_plugins=["testplugins:PluginProbe"],
+               env=support_env()) as s, s.http() as http:
+        poll_for(lambda: ["bridge", "test"] in http.get("/test/probe/topology").json()["seen"], 10,
+                 what="edge plugin sees the topology")
+        poll_for(lambda: ["bridge", "test"] in http.get("/bridge/probe/topology").json()["seen"], 10,
+                 what="bridge-hosted plugin sees the edge arrive")
+        s.stop_edge()
+        poll_for(lambda: ["bridge"] in http.get("/bridge/probe/topology").json()["seen"], 10,
+                 what="bridge-hosted plugin sees the edge leave")
+        s.start_edge()
+        seen: list = []
+        c = s.client()
+        c.register_callback(topic="threaded", callback=lambda e, p, t, d: seen.append((e, d)))
+        assert c.wait_for_events(10)
+        http.post("/test/probe/thread_notify")
+        http.post("/bridge/probe/thread_notify")
+        poll_for(lambda: len(seen) == 2, 10, what="notifications sent from threads")
+        assert sorted(e for e, _ in seen) == ["bridge", "test"]

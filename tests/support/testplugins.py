@@ -38,6 +38,9 @@ class PluginProbe(Plugin):
         self.add_route_get("whoami", self.whoami)
         self.add_route_post("broadcast", self.broadcast)
         self.add_route_get("query", self.query)
+        self.add_route_get("topology", self.topology)
+        self.add_route_post("thread_notify", self.thread_notify)
+        self.seen_topology: list[list[str]] = []
 
     async def sleep(self, request: Request) -> dict[str, Any]:
         seconds = float(request.query_params.get("s", "1"))
@@ -83,6 +86,21 @@ class PluginProbe(Plugin):
         for i in range(count):
             self.notify("flood", {"i": i})
         return {"sent": count}
+
+    async def on_topology_change(self, edges: dict[str, Any]) -> None:
+        self.seen_topology.append(sorted(edges))
+
+    async def topology(self, request: Request) -> dict[str, Any]:
+        return {"seen": self.seen_topology}
+
+    async def thread_notify(self, request: Request) -> dict[str, Any]:
+        """Notify from a plain thread, as PSI/J and executor callbacks do."""
+        import threading
+
+        t = threading.Thread(target=lambda: self.notify("threaded", {"from": "thread"}))
+        t.start()
+        t.join()
+        return {"ok": True}
 
     async def query(self, request: Request) -> dict[str, Any]:
         return {"query": str(request.query_params), "path": request.url.path,

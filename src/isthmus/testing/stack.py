@@ -199,7 +199,11 @@ class Stack:
 
     def close(self) -> None:
         for client in self._clients:
-            client.close()
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - the processes must go whatever happens here
+                pass
+        self._clients.clear()
         for proc in (self.edge_proc, self.bridge_proc):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
