@@ -223,7 +223,21 @@ def edge(
         log.warning("ISTHMUS_EDGE_TOKEN is not set; the bridge will refuse this edge")
     host, service = build_edge(app_config, name, url, token, _plugins(plugins), ca_file=ca_file)
     watch = [app_config.path, app_config.config_dir / "plugins"] if app_config.path else []
-    asyncio.run(_edge_main(host, service, [p for p in watch if p]))
+    _run_fast(_edge_main(host, service, [p for p in watch if p]))
+
+
+def _run_fast(coro: Any) -> None:
+    """Run on uvloop when installed: the edge's frame path is ~30 % faster there.
+
+    Processes are not spawned from this loop (uvloop spawns 5x slower): the task plugin
+    spawns from worker processes, PSI/J from its own threads.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -59,13 +59,6 @@ def _request_headers(scope: dict[str, Any]) -> tuple[list[list[bytes]], int | No
     return forwarded, length, chunked, deadline
 
 
-async def _wait_disconnect(receive: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any, send: Any,
                   principal: Principal, *, rid: int, max_body: int, deadline: float) -> None:
     """Forward one request to ``edge`` and relay its answer."""
@@ -84,14 +77,14 @@ async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any
     frame: dict[str, Any] = {"t": P.REQUEST, "id": rid, "m": scope["method"], "p": path,
                              "q": scope.get("query_string", b""), "h": headers,
                              "pr": principal.to_wire(), "dl": deadline}
-    pump: asyncio.Task[str | None] | None = None
-    relaying = False
+    waiter = _Waiter(loop, fut, receive, deadline)
+    relaying = answered = False
     try:
         if streamed:
             frame["s"] = True
             out = link.open_outbound(rid)
             link.send(frame)
-            pump = asyncio.create_task(_pump_body(receive, out, max_body))
+            waiter.pump(_pump_body(receive, out, max_body))
         else:
             body = b""
             more = True
@@ -103,23 +96,19 @@ async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any
                 more = message.get("more_body", False)
             frame["b"] = body
             link.send(frame)
-
-        # Fast path: most answers arrive within a few milliseconds.
-        if pump is None:
-            try:
-                response = await asyncio.wait_for(asyncio.shield(fut), FAST_WAIT)
-            except TimeoutError:
-                response = None
-        else:
-            response = None
-        if response is None:
-            response = await _slow_wait(fut, pump, receive, deadline, send)
-            if response is None:
-                link.send({"t": P.CANCEL, "id": rid})
-                return
-        if pump is not None and not pump.done():
-            pump.cancel()
-        relaying = True
+            waiter.arm()
+        try:
+            response = await fut
+        except _ClientGone:
+            return
+        except _TooLarge:
+            await respond(send, 413, f"request body is over the limit of {max_body} bytes")
+            return
+        except _DeadlinePassed:
+            await respond(send, 504, f"the edge did not answer within {deadline:g} s")
+            return
+        waiter.done()
+        relaying = answered = True
         await _relay(link, rid, response, send)
     except (EdgeGone, LinkClosed) as exc:
         if not relaying:
@@ -127,12 +116,94 @@ async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any
         else:  # headers are out: the client sees a truncated body, never a silent short file
             log.warning("edge %s went away while streaming a response: %s", edge.name, exc)
     finally:
+        waiter.done()
         edge.pending.pop(rid, None)
-        if pump is not None and not pump.done():
-            pump.cancel()
-        if link.outbound.get(rid) is not None or link.inbound.get(rid) is not None:
+        if not answered or link.outbound.get(rid) is not None or link.inbound.get(rid) is not None:
             link.send({"t": P.CANCEL, "id": rid})
         link.drop_streams(rid, ConnectionAbortedError("request finished"))
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+class _Waiter:
+    """Turns client departure, body overflow and the deadline into exceptions on ``fut``.
+
+    The common case costs one timer: only a request still unanswered after FAST_WAIT
+    gets a task watching for the client going away. The deadline counts from the end of
+    the request body, so long uploads are not cut short.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], receive: Any,
+                 deadline: float) -> None:
+        self.loop = loop
+        self.fut = fut
+        self.receive = receive
+        self.deadline = deadline
+        self.handles: list[asyncio.TimerHandle] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+    def arm(self, watch_now: bool = False) -> None:
+        """Start the clock: after FAST_WAIT (or now) watch the client and the deadline."""
+        if watch_now:
+            self._watch(0.0)
+        else:
+            self.handles.append(self.loop.call_later(FAST_WAIT, self._watch, FAST_WAIT))
+
+    def _watch(self, elapsed: float) -> None:
+        if self.fut.done():
+            return
+        self.handles.append(self.loop.call_later(max(0.0, self.deadline - elapsed), self._fail,
+                                                 _DeadlinePassed()))
+        task = self.loop.create_task(_wait_disconnect(self.receive))
+        task.add_done_callback(lambda t: t.cancelled() or self._fail(_ClientGone()))
+        self.tasks.append(task)
+
+    def pump(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+
+        def pumped(t: asyncio.Task[str | None]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            why = "error" if exc is not None else t.result()
+            if why == "too-large":
+                self._fail(_TooLarge())
+            elif why in ("disconnect", "error"):
+                self._fail(_ClientGone())
+            else:
+                self.arm(watch_now=True)
+
+        task.add_done_callback(pumped)
+        self.tasks.append(task)
+
+    def done(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+        for task in self.tasks:
+            task.cancel()
+        self.handles.clear()
+        self.tasks.clear()
+
+
+async def _wait_disconnect(receive: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def _pump_body(receive: Any, out: Any, max_body: int) -> str | None:
@@ -150,41 +221,6 @@ async def _pump_body(receive: Any, out: Any, max_body: int) -> str | None:
         await out.write(body, end=not more)
         if not more:
             return None
-
-
-async def _slow_wait(fut: asyncio.Future[dict[str, Any]], pump: asyncio.Task[str | None] | None,
-                     receive: Any, deadline: float, send: Any) -> dict[str, Any] | None:
-    """Wait for the answer while watching the client and the deadline.
-
-    The deadline counts from the end of the request body, so long uploads are not cut.
-    Returns None after answering the client itself (504/413) or when the client left.
-    """
-    loop = asyncio.get_running_loop()
-    watcher = asyncio.create_task(_wait_disconnect(receive)) if pump is None else None
-    try:
-        if pump is not None:
-            done, _ = await asyncio.wait({fut, pump}, return_when=asyncio.FIRST_COMPLETED)
-            if fut in done:
-                return fut.result()
-            why = pump.result()
-            if why == "too-large":
-                await respond(send, 413, "request body is over the limit")
-                return None
-            if why == "disconnect":
-                return None
-            watcher = asyncio.create_task(_wait_disconnect(receive))
-        end = loop.time() + deadline
-        done, _ = await asyncio.wait({fut, watcher}, timeout=max(0.0, end - loop.time()),
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if fut in done:
-            return fut.result()
-        if watcher in done:
-            return None
-        await respond(send, 504, f"the edge did not answer within {deadline:g} s")
-        return None
-    finally:
-        if watcher is not None:
-            watcher.cancel()
 
 
 async def _relay(link: Link, rid: int, response: dict[str, Any], send: Any) -> None:
