@@ -67,7 +67,7 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
     from .protocol import MAX_MESSAGE
 
     return uvicorn.Config(bridge, host=host, port=port, lifespan="on", loop=loop, http="httptools",
-                          ws="websockets", ws_max_size=MAX_MESSAGE, ws_ping_interval=20.0,
+                          ws="websockets-sansio", ws_max_size=MAX_MESSAGE, ws_ping_interval=20.0,
                           ws_ping_timeout=20.0, log_level=level.lower(), access_log=False,
                           ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
                           proxy_headers=False, server_header=False)
@@ -164,9 +164,6 @@ def build_edge(app_config: AppConfig, name: str, bridge_url: str, token: str | N
     schedulers.force(app_config.scheduler)
     host = PluginHost(app_config, plugins, name=name, overrides=overrides)
     host.load()
-    for pid, record in host.records.items():
-        if record.error:
-            log.error("plugin %s: %s", pid, record.error)
     service = EdgeService(host, bridge_url, name, token, ca_file=ca_file)
     return host, service
 
