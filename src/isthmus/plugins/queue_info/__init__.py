@@ -1,0 +1,1 @@
+"""Queues, partitions, jobs and allocations of the edge's batch scheduler."""
