@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from isthmus.errors import SchedulerError, SchedulerTimeout
-from isthmus.schedulers import JobState, NodeState
-from isthmus.schedulers import pbs, slurm
+from isthmus.schedulers import JobState, NodeState, pbs, slurm
 from isthmus.schedulers.base import run_command
 from isthmus.schedulers.hostlist import HostlistError, compress, expand
 
@@ -166,7 +165,7 @@ def test_run_command_errors_are_clear() -> None:
     with pytest.raises(SchedulerError, match=r"failed \(exit 3\): oops") as err:
         asyncio.run(run_command(["sh", "-c", "echo oops >&2; exit 3"]))
     assert err.value.stderr == "oops" and err.value.command[0] == "sh"
-    with pytest.raises(SchedulerTimeout, match="did not answer within 0.2 s"):
+    with pytest.raises(SchedulerTimeout, match=r"did not answer within 0\.2 s"):
         asyncio.run(run_command(["sleep", "5"], timeout=0.2))
 
 
