@@ -1,0 +1,1 @@
+"""Where nodes are (sites → rooms → racks → slots) and how healthy they are."""

@@ -1,0 +1,1 @@
+"""Node-level cluster state, placed in the machine room, with health rolled up."""

@@ -1,0 +1,40 @@
+"""Python client of the cluster plugin (all reads are session-less)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...sdk.client import PluginClient
+
+
+class ClusterClient(PluginClient):
+    plugin_name = "cluster"
+
+    def summary(self, room: str | None = None) -> dict[str, Any]:
+        return self._get("summary", room=room)
+
+    def partitions(self, room: str | None = None) -> list[dict[str, Any]]:
+        return self._get("partitions", room=room)["partitions"]
+
+    def nodes(self, room: str | None = None, state: str | None = None,
+              partition: str | None = None) -> list[dict[str, Any]]:
+        return self._get("nodes", room=room, state=state, partition=partition)["nodes"]
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self._get(f"node/{name}")
+
+    def rooms(self) -> list[dict[str, Any]]:
+        return self._get("rooms")["rooms"]
+
+    def room(self, room_id: str) -> dict[str, Any]:
+        return self._get(f"room/{room_id}")
+
+    def mapping(self, new: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The node mapping and unmatched names; with ``new``, replace it (admin)."""
+        return self._put("mapping", json=new) if new is not None else self._get("mapping")
+
+    def metrics_catalog(self) -> list[dict[str, Any]]:
+        return self._get("metrics_catalog")["metrics"]
+
+    def metric(self, metric_id: str, scope: str = "cluster") -> dict[str, Any]:
+        return self._get(f"metric/{metric_id}", scope=scope)

@@ -1,0 +1,18 @@
+"""Configuration of the cluster plugin."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...cluster.health import Thresholds
+from ...cluster.mapping import NodeMapping
+
+
+class ClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topology_file: str | None = Field(None, description="YAML topology of this edge's machine room.")
+    refresh_interval: float = Field(5.0, gt=0, description="Seconds between snapshots of the scheduler.")
+    history: int = Field(120, ge=1, le=10_000, description="Metric samples kept per node.")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    mapping: NodeMapping = Field(default_factory=NodeMapping)

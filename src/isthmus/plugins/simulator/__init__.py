@@ -1,0 +1,1 @@
+"""A whole simulated cluster behind the scheduler interface, for laptops and demos."""
