@@ -30,7 +30,7 @@ def fresh(cluster: PluginCluster) -> None:
 
 
 def test_default_size_and_deterministic_seed(sim_app) -> None:
-    client, sim, cluster = sim_app
+    client, sim, _cluster = sim_app
     status = client.get("/simulator/status").json()
     assert status["nodes"] == 504 and status["racks"] == 12 and status["rooms"] == 2
     parts = {p["name"]: p for p in client.get("/cluster/partitions").json()["partitions"]}
@@ -43,7 +43,7 @@ def test_default_size_and_deterministic_seed(sim_app) -> None:
 
 
 def test_heavy_mode_gives_crit_and_warn_and_a_crit_rack(sim_app) -> None:
-    client, sim, cluster = sim_app
+    client, _sim, cluster = sim_app
     assert client.get("/cluster/summary").json()["by_severity"]["CRIT"] == 0
     assert client.post("/simulator/set_incident_mode", json={"mode": "heavy"}).json()["racks"] == 1
     fresh(cluster)
@@ -99,7 +99,7 @@ def test_override_shows_in_node_and_expires(sim_app) -> None:
 
 
 def test_jobs_on_nodes_filters_and_metrics(sim_app) -> None:
-    client, sim, cluster = sim_app
+    client, sim, _cluster = sim_app
     nodes = client.get("/cluster/nodes", params={"partition": "gpu"}).json()["nodes"]
     assert len(nodes) == 24 and all("gpu" in n["partitions"] for n in nodes)
     busy = next(n for n in client.get("/cluster/nodes", params={"state": "allocated"}).json()["nodes"])
@@ -116,7 +116,7 @@ def test_jobs_on_nodes_filters_and_metrics(sim_app) -> None:
 
 
 def test_mapping_get_and_put(sim_app) -> None:
-    client, _sim, cluster = sim_app
+    client, _sim, _cluster = sim_app
     assert client.get("/cluster/mapping").json()["unmatched"] == []
     bad = client.put("/cluster/mapping", json={"patterns": [{"match": "(", "replace": "x"}]})
     assert bad.status_code == 422

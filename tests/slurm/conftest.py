@@ -41,8 +41,8 @@ def sbatch(slurm: SlurmInfo) -> Iterator[Callable[..., str]]:
     made: list[str] = []
 
     def submit(*args: str) -> str:
-        out = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args], capture_output=True, text=True, check=True,
-                             env={**os.environ, **slurm.env}, timeout=30).stdout.strip()
+        out = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args], capture_output=True, text=True,
+                             check=True, env={**os.environ, **slurm.env}, timeout=30).stdout.strip()
         job_id = out.split(";")[0]
         made.append(job_id)
         return job_id
