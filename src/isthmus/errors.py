@@ -17,6 +17,8 @@ subprocess errors in one place (``isthmus.schedulers.base.run_command``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class IsthmusError(Exception):
     """Base of every error Isthmus raises on purpose."""
@@ -42,8 +44,8 @@ class PluginError(IsthmusError):
 
     status_code = 400
 
-    def __init__(self, detail: str, status_code: int | None = None) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: Any, status_code: int | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else str(detail))
         self.detail = detail
         if status_code is not None:
             self.status_code = status_code

@@ -1,0 +1,1 @@
+"""Batch and local jobs through PSI/J, with live status, output tailing and durable records."""

@@ -1,0 +1,414 @@
+"""psij: submit, watch, read output, cancel — through PSI/J executors, with durable records.
+
+Each job's command runs inside a tiny ``/bin/sh`` wrapper that writes its exit code to a
+file: that is how a job keeps its true exit code across an edge restart (PSI/J's local
+executor reports 0 for re-attached processes) and how a process that ended while the edge
+was down is still accounted for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import shlex
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psij  # noqa: F401 - imported here, on the main thread, so its local executor can use signals
+import psutil
+from fastapi import Request
+from pydantic import ValidationError
+
+from ... import schedulers
+from ...config import default_state_dir
+from ...errors import PluginError
+from ...sdk.menu import MenuItem, MenuSection
+from ...sdk.plugin import Plugin
+from ...sdk.session import PluginSession
+from ...types import Principal, Role, current_principal
+from .config import PsijConfig
+from .spec import JobSpecModel
+from .store import FINAL, JobStore
+
+log = logging.getLogger("isthmus.plugins.psij")
+LOCAL_OWNER = "local"
+WRAPPER = '"$@"; rc=$?; echo "$rc" > {exit_file}; exit "$rc"'
+
+
+def _owner_name(who: Principal | None) -> str:
+    return who.name if who is not None else LOCAL_OWNER
+
+
+def _expand(pattern: str) -> str:
+    return os.path.expanduser(pattern)
+
+
+class PsijSession(PluginSession):
+    """Jobs belong to principals, not sessions; a session is the seed's handle for a client."""
+
+
+class PluginPsij(Plugin):
+    plugin_name = "psij"
+    title = "Jobs"
+    description = "Submit jobs through PSI/J (Slurm, PBS, LSF, Flux or local), watch them, read their output."
+    version = "0.1.0"
+    session_class = PsijSession
+    config_model = PsijConfig
+    ui_config = {
+        "icon": "🚀",
+        "title": "Jobs",
+        "description": "Submit jobs through PSI/J, follow their state and output, cancel them.",
+        "forms": [{"id": "submit", "title": "Submit a job", "fields": [
+            {"name": "executable", "type": "text", "label": "Executable", "default": "/bin/echo", "required": True},
+            {"name": "arguments", "type": "text", "label": "Arguments", "default": "hello"},
+            {"name": "directory", "type": "path", "label": "Working directory"},
+            {"name": "executor", "type": "select", "label": "Executor",
+             "options": ["auto", "local", "slurm", "pbs", "lsf", "flux"], "default": "auto"}],
+            "submit": {"label": "Submit", "style": "success", "endpoint": "submit_job/{sid}"}}],
+        "monitors": [{"id": "jobs", "title": "Jobs", "type": "task_list", "endpoint": "list_jobs/{sid}",
+                      "empty_text": "No jobs yet."}],
+        "notifications": {"topic": "job_status", "id_field": "job_id", "state_field": "state"},
+    }
+
+    def __init__(self, app: Any = None, instance_name: str | None = None) -> None:
+        super().__init__(app, instance_name)
+        base = Path(self.config.state_dir).expanduser() if self.config.state_dir else self._default_dir()
+        self.dir = base
+        self.jobs_dir = base / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(base / "jobs.sqlite")
+        self._executors: dict[str, Any] = {}
+        self._executor_lock = threading.Lock()
+        self._live: dict[str, Any] = {}  # job id -> psij.Job while we watch it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self.add_route_post("submit_job/{sid}", self.submit_job)
+        self.add_route_get("job_status/{sid}/{job_id}", self.job_status)
+        self.add_route_get("list_jobs/{sid}", self.list_jobs)
+        self.add_route_post("cancel_job/{sid}/{job_id}", self.cancel_job)
+        self.add_route_get("executors", self.executors)
+
+    def _default_dir(self) -> Path:
+        host = self.host
+        app_config = getattr(host, "app_config", None)
+        root = app_config.resolved_state_dir() if app_config is not None else default_state_dir()
+        return root / "psij"
+
+    def register_menu_sections(self) -> list[MenuSection]:
+        return [MenuSection(id="workload", label="Workload", icon="layers", order=50,
+                            items=[MenuItem(id="jobs", label="Jobs", path="/psij", icon="play")])]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def on_startup(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._prune)
+        await asyncio.to_thread(self._reattach_all)
+        self._pruner = asyncio.create_task(self._prune_loop(), name="psij-retention")
+
+    async def on_shutdown(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+        self.store.close()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            await asyncio.to_thread(self._prune)
+
+    def _prune(self) -> None:
+        for rec in self.store.prune(self.config.retention_days * 86400, self.config.max_jobs):
+            workdir = Path(rec["workdir"])
+            if workdir.parent == self.jobs_dir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- executors ------------------------------------------------------------------------------
+
+    def _executor_name(self, asked: str) -> str:
+        if asked != "auto":
+            return asked
+        try:
+            name = schedulers.current().psij_executor
+        except LookupError:
+            name = "local"
+        return name if name not in ("simulated", "none") else "local"
+
+    def _executor(self, name: str) -> Any:
+        from psij import JobExecutor
+
+        with self._executor_lock:
+            if name not in self._executors:
+                config = None
+                if name in ("slurm", "pbs", "pbspro", "lsf", "cobalt"):
+                    from psij.executors.batch.batch_scheduler_executor import BatchSchedulerExecutorConfig
+
+                    config_cls: Any = BatchSchedulerExecutorConfig
+                    if name == "slurm":
+                        from psij.executors.batch.slurm import SlurmExecutorConfig
+
+                        config_cls = SlurmExecutorConfig
+                    config = config_cls(work_directory=self.dir / "work",
+                                        queue_polling_interval=self.config.queue_polling_interval,
+                                        initial_queue_polling_delay=0)
+                try:
+                    self._executors[name] = JobExecutor.get_instance(name, config=config) if config \
+                        else JobExecutor.get_instance(name)
+                except ValueError as exc:
+                    raise PluginError(f"PSI/J has no executor {name!r}: {exc}", 422) from exc
+            return self._executors[name]
+
+    # -- safety -----------------------------------------------------------------------------------
+
+    def _inside(self, path: Path) -> bool:
+        roots = [Path(_expand(d)).resolve() for d in self.config.allowed_directories]
+        return any(path == r or r in path.parents for r in roots)
+
+    def _check_allowed(self, spec: JobSpecModel, workdir: Path) -> str:
+        """The resolved executable; raise 403 when the allow-lists say no."""
+        exe = spec.executable
+        resolved = shutil.which(exe) if "/" not in exe else exe
+        if resolved is None:
+            raise PluginError(f"executable {exe!r} is not on the edge's PATH", 422)
+        real = os.path.realpath(resolved)
+        if self.config.allow_any_executable:
+            return real
+        patterns = [_expand(p) for p in self.config.allowed_executables]
+        if not any(fnmatch.fnmatch(real, p) or fnmatch.fnmatch(resolved, p) for p in patterns):
+            raise PluginError(f"executable {real} is not allowed here (allowed_executables: "
+                              f"{', '.join(self.config.allowed_executables)})", 403)
+        for label, value in (("directory", spec.directory), ("stdout_path", spec.stdout_path),
+                             ("stderr_path", spec.stderr_path), ("stdin_path", spec.stdin_path)):
+            if value and not self._inside(Path(_expand(value)).resolve()):
+                raise PluginError(f"{label} {value} is outside the allowed directories "
+                                  f"({', '.join(self.config.allowed_directories)})", 403)
+        return real
+
+    # -- submission ---------------------------------------------------------------------------------
+
+    def _psij_job(self, rec: dict[str, Any]) -> Any:
+        from psij import Job, JobAttributes, JobSpec, ResourceSpecV1
+
+        spec = JobSpecModel.model_validate(rec["spec"])
+        a = spec.attributes
+        resources = None
+        if any(v is not None for v in (a.node_count, a.process_count, a.processes_per_node,
+                                        a.cpu_cores_per_process, a.gpu_cores_per_process, a.memory)):
+            resources = ResourceSpecV1(node_count=a.node_count, process_count=a.process_count,
+                                       processes_per_node=a.processes_per_node,
+                                       cpu_cores_per_process=a.cpu_cores_per_process,
+                                       gpu_cores_per_process=a.gpu_cores_per_process,
+                                       exclusive_node_use=a.exclusive_node_use, memory=a.memory)
+        attributes = JobAttributes(duration=spec.duration(), queue_name=a.queue_name, account=a.account,
+                                   reservation_id=a.reservation_id, project_name=a.project_name,
+                                   custom_attributes=dict(a.custom_attributes) or None)
+        wrapper = WRAPPER.format(exit_file=shlex.quote(rec["exit_file"]))
+        job_spec = JobSpec(executable="/bin/sh", arguments=["-c", wrapper, "isthmus-job", spec.executable,
+                                                            *spec.arguments],
+                           directory=Path(_expand(spec.directory)) if spec.directory else Path(rec["workdir"]),
+                           name=spec.name or f"isthmus-{rec['id']}", inherit_environment=spec.inherit_environment,
+                           environment=dict(spec.environment) or None,
+                           stdin_path=Path(_expand(spec.stdin_path)) if spec.stdin_path else None,
+                           stdout_path=Path(rec["stdout_path"]), stderr_path=Path(rec["stderr_path"]),
+                           resources=resources, attributes=attributes, launcher=spec.launcher)
+        job = Job(job_spec)
+        job.set_job_status_callback(lambda j, status, job_id=rec["id"]: self._on_status(job_id, j, status))
+        return job
+
+    def _parse_request(self, body: Any) -> tuple[JobSpecModel, str]:
+        if not isinstance(body, dict):
+            raise PluginError("send a JSON object: {\"job_spec\": {...}, \"executor\": \"auto\"}", 422)
+        if "job_spec" in body:
+            raw, executor = body["job_spec"], body.get("executor", "auto")
+            extra = set(body) - {"job_spec", "executor"}
+            if extra:
+                raise PluginError({"message": "unknown keys", "errors": sorted(extra)}, 422)
+        else:  # a flat form from the Explorer
+            raw = {k: v for k, v in body.items() if k != "executor" and v not in (None, "")}
+            executor = body.get("executor") or "auto"
+        try:
+            return JobSpecModel.model_validate(raw), str(executor)
+        except ValidationError as exc:
+            errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(spec)", "problem": e["msg"]}
+                      for e in exc.errors()]
+            raise PluginError({"message": f"the job spec has {len(errors)} problem(s)",
+                               "errors": errors}, 422) from exc
+
+    async def submit_job(self, request: Request) -> dict[str, Any]:
+        self._get_session(request.path_params["sid"])
+        self.require_role(Role.user)
+        spec, asked = self._parse_request(await request.json())
+        job_id = uuid.uuid4().hex[:12]
+        workdir = self.jobs_dir / job_id
+        executable = await asyncio.to_thread(self._check_allowed, spec, workdir)
+        executor_name = self._executor_name(asked)
+        self._executor(executor_name)  # an unknown executor is a 422 now, not a failed job later
+        who = current_principal.get()
+        rec = {"id": job_id, "owner": _owner_name(who), "executor": executor_name, "native_id": None,
+               "spec": {**spec.model_dump(), "executable": executable}, "state": "NEW", "exit_code": None,
+               "message": None, "workdir": str(workdir),
+               "stdout_path": str(Path(_expand(spec.stdout_path)) if spec.stdout_path else workdir / "stdout"),
+               "stderr_path": str(Path(_expand(spec.stderr_path)) if spec.stderr_path else workdir / "stderr"),
+               "exit_file": str(workdir / "exit_code")}
+        await asyncio.to_thread(self._prepare, rec)
+        asyncio.get_running_loop().run_in_executor(None, self._submit, rec)  # returns at once
+        return {"job_id": job_id, "executor": executor_name, "state": "NEW"}
+
+    def _prepare(self, rec: dict[str, Any]) -> None:
+        Path(rec["workdir"]).mkdir(parents=True, exist_ok=True)
+        for key in ("stdout_path", "stderr_path"):
+            Path(rec[key]).parent.mkdir(parents=True, exist_ok=True)
+        self.store.create(rec)  # before answering: the job id is valid the moment the client has it
+
+    def _submit(self, rec: dict[str, Any]) -> None:
+        try:
+            job = self._psij_job(rec)
+            self._live[rec["id"]] = job
+            self._executor(rec["executor"]).submit(job)
+            if job.native_id is not None:
+                self.store.set_native_id(rec["id"], str(job.native_id))
+        except Exception as exc:  # noqa: BLE001 - a failed submission is a FAILED job, with the reason
+            log.warning("submission of job %s failed: %s", rec["id"], exc)
+            self._live.pop(rec["id"], None)
+            self._record(rec["id"], "FAILED", None, f"submission failed: {exc}")
+
+    # -- status --------------------------------------------------------------------------------------
+
+    def _on_status(self, job_id: str, job: Any, status: Any) -> None:
+        """PSI/J's callback (its threads): record, then notify the owner."""
+        state = status.state.name
+        if job.native_id is not None:
+            rec = self.store.get(job_id)
+            if rec is not None and rec["native_id"] is None:
+                self.store.set_native_id(job_id, str(job.native_id))
+        exit_code = status.exit_code if state in FINAL else None
+        if state in FINAL:
+            exit_code = self._exit_file_code(job_id, exit_code)
+            self._live.pop(job_id, None)
+        self._record(job_id, state, exit_code, status.message)
+
+    def _exit_file_code(self, job_id: str, fallback: int | None) -> int | None:
+        rec = self.store.get(job_id)
+        if rec is None:
+            return fallback
+        try:
+            return int(Path(rec["exit_file"]).read_text().strip())
+        except (OSError, ValueError):
+            return fallback
+
+    def _record(self, job_id: str, state: str, exit_code: int | None, message: str | None) -> None:
+        if state == "COMPLETED" and exit_code not in (None, 0):
+            state = "FAILED"  # an attached local job reports COMPLETED; its exit file knows better
+        rec = self.store.transition(job_id, state, exit_code, message)
+        if rec is None:
+            return
+        data = {"job_id": job_id, "state": state, "exit_code": rec["exit_code"], "native_id": rec["native_id"],
+                "executor": rec["executor"], "message": rec["message"], "time": rec["updated"]}
+        owner = None if rec["owner"] == LOCAL_OWNER else Principal(rec["owner"], Role.user)
+        self.notify("job_status", data, owner=owner)
+
+    def _reattach_all(self) -> None:
+        """After a restart: follow every unfinished job again (or settle it if it ended meanwhile)."""
+        for rec in self.store.unfinished():
+            try:
+                self._reattach(rec)
+            except Exception as exc:  # noqa: BLE001 - one lost job must not stop the others
+                log.warning("cannot re-attach job %s: %s", rec["id"], exc)
+                self._record(rec["id"], "FAILED", None, f"lost across an edge restart: {exc}")
+
+    def _reattach(self, rec: dict[str, Any]) -> None:
+        if not rec["native_id"]:
+            self._record(rec["id"], "FAILED", None, "the edge stopped before the job was submitted")
+            return
+        if rec["executor"] == "local" and not self._local_alive(rec):
+            code = self._exit_file_code(rec["id"], None)
+            if code is None:
+                self._record(rec["id"], "FAILED", None, "the process ended while the edge was down, without an "
+                                                        "exit code")
+            else:
+                self._record(rec["id"], "COMPLETED" if code == 0 else "FAILED", code,
+                             "finished while the edge was down")
+            return
+        job = self._psij_job(rec)
+        self._live[rec["id"]] = job
+        self._executor(rec["executor"]).attach(job, rec["native_id"])
+        log.info("re-attached job %s (%s %s)", rec["id"], rec["executor"], rec["native_id"])
+
+    @staticmethod
+    def _local_alive(rec: dict[str, Any]) -> bool:
+        """The pid is alive AND is our job (its command line carries the job's exit file)."""
+        try:
+            proc = psutil.Process(int(rec["native_id"]))
+            return any(rec["exit_file"] in part for part in proc.cmdline())
+        except (psutil.Error, ValueError):
+            return False
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _job_for_caller(self, job_id: str) -> dict[str, Any]:
+        rec = self.store.get(job_id)
+        who = current_principal.get()
+        if rec is None or not (who is None or who.is_admin or rec["owner"] == who.name):
+            raise PluginError(f"no job {job_id}", 404)
+        return rec
+
+    def _tail(self, path: str, offset: int) -> tuple[str, int]:
+        """Output from ``offset`` on, at most ``output_chunk`` bytes; only the job's own files."""
+        if offset < 0:
+            raise PluginError("offsets must be >= 0", 422)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(self.config.output_chunk)
+        except FileNotFoundError:
+            return "", offset
+        return data.decode("utf-8", errors="replace"), offset + len(data)
+
+    @staticmethod
+    def _public(rec: dict[str, Any]) -> dict[str, Any]:
+        times = {h["state"]: h["time"] for h in rec["history"]}
+        return {"job_id": rec["id"], "state": rec["state"], "exit_code": rec["exit_code"],
+                "native_id": rec["native_id"], "executor": rec["executor"], "message": rec["message"],
+                "name": rec["spec"].get("name"), "executable": rec["spec"]["executable"],
+                "arguments": rec["spec"].get("arguments", []), "owner": rec["owner"],
+                "submitted": rec["created"], "started": times.get("ACTIVE"),
+                "finished": rec["updated"] if rec["state"] in FINAL else None, "history": rec["history"]}
+
+    async def job_status(self, request: Request) -> dict[str, Any]:
+        self._get_session(request.path_params["sid"])
+        rec = await asyncio.to_thread(self._job_for_caller, request.path_params["job_id"])
+        try:
+            so = int(request.query_params.get("stdout_offset", 0))
+            se = int(request.query_params.get("stderr_offset", 0))
+        except ValueError as exc:
+            raise PluginError("offsets must be integers", 422) from exc
+        stdout, so_next = await asyncio.to_thread(self._tail, rec["stdout_path"], so)
+        stderr, se_next = await asyncio.to_thread(self._tail, rec["stderr_path"], se)
+        return {**self._public(rec), "stdout": stdout, "stderr": stderr, "stdout_offset": so_next,
+                "stderr_offset": se_next}
+
+    async def list_jobs(self, request: Request) -> dict[str, Any]:
+        self._get_session(request.path_params["sid"])
+        who = current_principal.get()
+        owner = None if who is None or who.is_admin else who.name
+        return {"jobs": [self._public(r) for r in await asyncio.to_thread(self.store.list, owner)]}
+
+    async def cancel_job(self, request: Request) -> dict[str, Any]:
+        self._get_session(request.path_params["sid"])
+        self.require_role(Role.user)
+        rec = await asyncio.to_thread(self._job_for_caller, request.path_params["job_id"])
+        if rec["state"] in FINAL:
+            return {"job_id": rec["id"], "state": rec["state"]}
+        job = self._live.get(rec["id"])
+        if job is None:
+            raise PluginError(f"job {rec['id']} is not being followed on this edge; try again in a moment", 409)
+        await asyncio.to_thread(job.cancel)
+        return {"job_id": rec["id"], "status": "cancel requested"}
+
+    async def executors(self, request: Request) -> dict[str, Any]:
+        return {"auto": self._executor_name("auto"),
+                "known": ["local", "slurm", "pbs", "lsf", "flux", "cobalt"]}

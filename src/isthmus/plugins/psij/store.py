@@ -1,0 +1,136 @@
+"""Job records in SQLite: spec, native id, state history, output paths, owner.
+
+One connection guarded by a lock; callers run it off the event loop (``asyncio.to_thread``)
+and PSI/J's callback threads use it directly. WAL mode keeps readers and the writer apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    native_id TEXT,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    exit_code INTEGER,
+    message TEXT,
+    stdout_path TEXT NOT NULL,
+    stderr_path TEXT NOT NULL,
+    exit_file TEXT NOT NULL,
+    workdir TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    history TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+COLUMNS = ("id", "owner", "executor", "native_id", "spec", "state", "exit_code", "message", "stdout_path",
+           "stderr_path", "exit_file", "workdir", "created", "updated", "history")
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @staticmethod
+    def _row(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        rec = dict(zip(COLUMNS, row, strict=True))
+        rec["spec"] = json.loads(rec["spec"])
+        rec["history"] = json.loads(rec["history"])
+        return rec
+
+    def create(self, rec: dict[str, Any]) -> None:
+        now = time.time()
+        values = {**rec, "spec": json.dumps(rec["spec"]), "created": now, "updated": now,
+                  "history": json.dumps([{"state": rec["state"], "time": now}])}
+        with self._lock:
+            self._db.execute(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                             [values.get(c) for c in COLUMNS])
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,))
+            return self._row(cur.fetchone())
+
+    def list(self, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+        args: tuple[Any, ...] = ()
+        if owner is not None:
+            sql += " WHERE owner = ?"
+            args = (owner,)
+        sql += " ORDER BY created DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
+        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(FINAL))
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state NOT IN ({marks})",
+                                    tuple(FINAL)).fetchall()
+        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+    def set_native_id(self, job_id: str, native_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET native_id = ?, updated = ? WHERE id = ?",
+                             (native_id, time.time(), job_id))
+
+    def transition(self, job_id: str, state: str, exit_code: int | None = None,
+                   message: str | None = None) -> dict[str, Any] | None:
+        """Record a state change; returns the record, or None if it was no change or the job is final."""
+        now = time.time()
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            rec = self._row(row)
+            if rec is None or rec["state"] in FINAL or (rec["state"] == state and exit_code is None):
+                return None
+            history = [*rec["history"], {"state": state, "time": now}]
+            self._db.execute("UPDATE jobs SET state = ?, exit_code = COALESCE(?, exit_code), "
+                             "message = COALESCE(?, message), updated = ?, history = ? WHERE id = ?",
+                             (state, exit_code, message, now, json.dumps(history), job_id))
+            rec.update(state=state, updated=now, history=history)
+            if exit_code is not None:
+                rec["exit_code"] = exit_code
+            if message is not None:
+                rec["message"] = message
+            return rec
+
+    def prune(self, max_age: float, max_jobs: int) -> list[dict[str, Any]]:
+        """Forget final jobs older than ``max_age`` seconds, and the oldest beyond ``max_jobs``."""
+        cutoff = time.time() - max_age
+        marks = ", ".join("?" * len(FINAL))
+        with self._lock:
+            old = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state IN ({marks}) AND updated < ?",
+                                   (*FINAL, cutoff)).fetchall()
+            total = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] - len(old)
+            extra: list[tuple[Any, ...]] = []
+            if total > max_jobs:
+                extra = self._db.execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state IN ({marks}) AND updated >= ? "
+                    "ORDER BY updated ASC LIMIT ?", (*FINAL, cutoff, total - max_jobs)).fetchall()
+            gone = [r for r in (self._row(row) for row in old + extra) if r is not None]
+            self._db.executemany("DELETE FROM jobs WHERE id = ?", [(r["id"],) for r in gone])
+        return gone

@@ -1,0 +1,196 @@
+"""psij with PSI/J's local executor, through real bridge and edge processes."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+from fastapi import FastAPI
+from pydantic import ValidationError
+from starlette.testclient import TestClient
+
+from isthmus import ClientError
+from isthmus.plugins.psij.config import PsijConfig
+from isthmus.plugins.psij.store import JobStore
+from isthmus.testing.stack import Stack, poll_for
+
+CONFIG = {"scheduler": "none", "plugins": {"psij": {"enabled": True, "allowed_directories": ["~", "/tmp"]}}}
+
+
+@pytest.fixture(scope="module")
+def psij_stack(tmp_path_factory):
+    with Stack(plugins=["psij"], config=CONFIG, workdir=tmp_path_factory.mktemp("psij")) as s:
+        yield s
+
+
+def client_for(stack: Stack, token: str | None = None):
+    bridge = stack.client(token)
+    return bridge.get_edge_client("test").get_plugin("psij"), bridge
+
+
+def test_echo_hello_states_and_output(psij_stack) -> None:
+    psij, bridge = client_for(psij_stack)
+    seen: list[tuple[str, str]] = []
+    bridge.register_callback(plugin_name="psij", topic="job_status",
+                             callback=lambda e, p, t, d: seen.append((d["job_id"], d["state"])))
+    assert bridge.wait_for_events(10)
+    job_id = psij.submit_job({"executable": "/bin/echo", "arguments": ["hello"]}, executor="local")
+    final = psij.wait(job_id, timeout=30)
+    assert final["state"] == "COMPLETED" and final["exit_code"] == 0 and final["native_id"]
+    stdout, stderr = psij.tail(job_id)
+    assert stdout == "hello\n" and stderr == ""
+    poll_for(lambda: (job_id, "COMPLETED") in seen, 10, what="COMPLETED notification")
+    states = [s for j, s in seen if j == job_id]
+    assert states == ["QUEUED", "ACTIVE", "COMPLETED"]
+    assert [h["state"] for h in final["history"]] == ["NEW", "QUEUED", "ACTIVE", "COMPLETED"]
+    assert any(j["job_id"] == job_id for j in psij.list_jobs())
+
+
+def test_failing_job_reports_exit_code(psij_stack) -> None:
+    psij, _ = client_for(psij_stack)
+    job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "echo oops >&2; exit 7"]}, "local")
+    final = psij.wait(job_id, timeout=30)
+    assert final["state"] == "FAILED" and final["exit_code"] == 7
+    assert psij.tail(job_id)[1] == "oops\n"
+
+
+def test_cancel_sleep_kills_the_process(psij_stack) -> None:
+    psij, _ = client_for(psij_stack)
+    job_id = psij.submit_job({"executable": "/bin/sleep", "arguments": ["600"]}, "local")
+    poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 20, what="job ACTIVE")
+
+    def sleepers() -> list[psutil.Process]:
+        """This job's processes: its wrapper (whose command line names the job) and what it runs."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(job_id in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+                found += proc.children(recursive=True)
+        return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    poll_for(lambda: sleepers(), 10, what="the sleep process")
+    assert psij.cancel_job(job_id)["status"] == "cancel requested"
+    final = psij.wait(job_id, timeout=30)
+    assert final["state"] == "CANCELED"
+    poll_for(lambda: not sleepers(), 10, what="the sleep process gone")
+
+
+def test_bad_specs_are_422_with_every_reason(psij_stack) -> None:
+    psij, _ = client_for(psij_stack)
+    with pytest.raises(ClientError) as err:
+        psij.submit_job({"executable": "", "arguments": 3, "colour": "x", "attributes": {"duration": "soon",
+                                                                                         "custom_attributes": {"bad key": 1}}})
+    assert err.value.status_code == 422
+    fields = {e["field"] for e in err.value.detail["errors"]}
+    assert fields == {"executable", "arguments", "colour", "attributes.duration", "attributes.custom_attributes"}
+    with pytest.raises(ClientError) as err:
+        psij.submit_job({"executable": "/bin/echo"}, executor="nonesuch")
+    assert err.value.status_code == 422 and "nonesuch" in str(err.value)
+
+
+def test_allow_list_refuses_by_default(psij_stack, tmp_path) -> None:
+    psij, _ = client_for(psij_stack)
+    script = tmp_path / "evil.sh"
+    script.write_text("#!/bin/sh\necho pwned\n")
+    script.chmod(0o755)
+    with pytest.raises(ClientError) as err:
+        psij.submit_job({"executable": str(script)}, "local")
+    assert err.value.status_code == 403 and "allowed_executables" in str(err.value)
+    with pytest.raises(ClientError) as err:
+        psij.submit_job({"executable": "/bin/echo", "directory": "/etc"}, "local")
+    assert err.value.status_code == 403 and "outside the allowed directories" in str(err.value)
+    with pytest.raises(ClientError) as err:
+        psij.submit_job({"executable": "/bin/echo", "stdout_path": "/etc/passwd"}, "local")
+    assert err.value.status_code == 403
+
+
+def test_owners_and_roles(psij_stack) -> None:
+    alice = psij_stack.create_token("user", "alice")
+    bob = psij_stack.create_token("user", "bob")
+    viewer = psij_stack.create_token("viewer", "vic")
+    a, _ = client_for(psij_stack, alice)
+    b, _ = client_for(psij_stack, bob)
+    job_id = a.submit_job({"executable": "/bin/true"}, "local")
+    with pytest.raises(ClientError) as err:
+        b.get_job_status(job_id)
+    assert err.value.status_code == 404
+    assert all(j["owner"] == "bob" for j in b.list_jobs())
+    with pytest.raises(ClientError) as err:
+        b.cancel_job(job_id)
+    assert err.value.status_code == 404
+    admin, _ = client_for(psij_stack)
+    assert admin.get_job_status(job_id)["owner"] == "alice"
+    with psij_stack.http(viewer) as http:
+        assert http.post(f"/test/psij/submit_job/{a.sid}", json={"job_spec": {"executable": "/bin/true"}}).status_code == 403
+
+
+def test_edge_restart_keeps_and_reattaches_jobs(tmp_path) -> None:
+    with Stack(plugins=["psij"], config=CONFIG, workdir=tmp_path / "w") as s:
+        psij, _ = client_for(s)
+        done_id = psij.submit_job({"executable": "/bin/echo", "arguments": ["before"]}, "local")
+        psij.wait(done_id, timeout=30)
+        job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "sleep 3; echo after; exit 0"]},
+                                 "local")
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 20, what="job ACTIVE")
+        s.kill_edge()  # SIGKILL: no clean shutdown
+        s.wait_edge(present=False)
+        s.start_edge()
+        psij2, _ = client_for(s)
+        assert {done_id, job_id} <= {j["job_id"] for j in psij2.list_jobs()}
+        final = psij2.wait(job_id, timeout=30)
+        assert final["state"] == "COMPLETED" and final["exit_code"] == 0
+        assert psij2.tail(job_id)[0] == "after\n"
+        assert psij2.tail(done_id)[0] == "before\n"
+
+
+def test_job_that_ends_while_the_edge_is_down(tmp_path) -> None:
+    with Stack(plugins=["psij"], config=CONFIG, workdir=tmp_path / "w") as s:
+        psij, _ = client_for(s)
+        job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "sleep 1; exit 3"]}, "local")
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 20, what="job ACTIVE")
+        s.kill_edge()
+        time.sleep(2)
+        s.start_edge()
+        final = client_for(s)[0].wait(job_id, timeout=20)
+        assert final["state"] == "FAILED" and final["exit_code"] == 3
+
+
+def test_store_retention(tmp_path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for i in range(15):
+        rec = {"id": f"j{i}", "owner": "a", "executor": "local", "native_id": None, "spec": {"executable": "x"},
+               "state": "NEW", "exit_code": None, "message": None, "stdout_path": "o", "stderr_path": "e",
+               "exit_file": "x", "workdir": str(tmp_path / f"j{i}")}
+        store.create(rec)
+        store.transition(f"j{i}", "COMPLETED", 0)
+    store.create({**rec, "id": "running", "state": "ACTIVE"})
+    assert [r["id"] for r in store.prune(max_age=1e9, max_jobs=10)] == ["j0", "j1", "j2", "j3", "j4", "j5"]
+    assert len(store.list()) == 10 and store.get("running") is not None
+    assert store.transition("j14", "FAILED") is None  # final stays final
+    store.close()
+
+
+def test_config_contract() -> None:
+    cfg = PsijConfig()
+    assert cfg.allow_any_executable is False and cfg.queue_polling_interval == 1
+    assert "/usr/bin/*" in cfg.allowed_executables and cfg.retention_days == 30
+    for bad in ({"queue_polling_interval": 0}, {"output_chunk": 10}, {"allow_any": True}):
+        with pytest.raises(ValidationError):
+            PsijConfig.model_validate(bad)
+
+
+def test_in_process_submission_without_a_host(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    from isthmus.plugins.psij.plugin import PluginPsij
+
+    app = FastAPI()
+    plugin = PluginPsij(app)
+    with TestClient(app) as client:
+        sid = client.post("/psij/register_session").json()["sid"]
+        job_id = client.post(f"/psij/submit_job/{sid}", json={"executable": "/bin/echo", "arguments": "a b",
+                                                               "executor": "local"}).json()["job_id"]
+        poll_for(lambda: client.get(f"/psij/job_status/{sid}/{job_id}").json()["state"] == "COMPLETED", 20,
+                 what="flat-form job done")
+        assert client.get(f"/psij/job_status/{sid}/{job_id}", params={"stdout_offset": 2}).json()["stdout"] == "b\n"
+    assert plugin.dir == tmp_path / "isthmus" / "psij"

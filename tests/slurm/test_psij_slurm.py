@@ -1,0 +1,61 @@
+"""psij through PSI/J's Slurm executor on the real Slurm."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from isthmus.testing.stack import Stack, poll_for
+
+
+@pytest.fixture(scope="module")
+def slurm_psij(slurm, tmp_path_factory):
+    config = {"scheduler": "slurm", "plugins": {"psij": {"allowed_directories": ["~", "/tmp"]}}}
+    with Stack(plugins=["psij"], env=slurm.env, config=config, workdir=tmp_path_factory.mktemp("sp")) as s:
+        bridge = s.client()
+        yield bridge.get_edge_client("test").get_plugin("psij"), bridge
+
+
+def test_echo_on_slurm(slurm_psij) -> None:
+    psij, bridge = slurm_psij
+    seen: list[str] = []
+    bridge.register_callback(topic="job_status", callback=lambda e, p, t, d: seen.append((d["job_id"], d["state"])))
+    assert bridge.wait_for_events(10)
+    job_id = psij.submit_job({"executable": "/bin/echo", "arguments": ["hello"],
+                              "attributes": {"queue_name": "debug", "duration": 60}})
+    final = psij.wait(job_id, timeout=90)
+    assert final["executor"] == "slurm" and final["state"] == "COMPLETED" and final["exit_code"] == 0
+    assert final["native_id"].isdigit()
+    assert psij.tail(job_id)[0] == "hello\n"
+    poll_for(lambda: (job_id, "COMPLETED") in seen, 10, what="COMPLETED event")
+    states = [s for j, s in seen if j == job_id]
+    assert states[0] == "QUEUED" and states[-1] == "COMPLETED" and "ACTIVE" in states
+
+
+def test_failure_and_custom_attributes_on_slurm(slurm_psij) -> None:
+    psij, _ = slurm_psij
+    job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "exit 5"],
+                              "attributes": {"custom_attributes": {"slurm.job-name": "isthmus-fail"}}})
+    final = psij.wait(job_id, timeout=90)
+    assert final["state"] == "FAILED" and final["exit_code"] == 5
+
+
+def test_cancel_on_slurm(slurm_psij) -> None:
+    psij, _ = slurm_psij
+    job_id = psij.submit_job({"executable": "/bin/sleep", "arguments": ["600"],
+                              "attributes": {"queue_name": "long", "duration": "00:20:00"}})
+    poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 60, 0.5, what="job ACTIVE")
+    native = psij.get_job_status(job_id)["native_id"]
+    psij.cancel_job(job_id)
+    final = psij.wait(job_id, timeout=90)
+    assert final["state"] == "CANCELED"
+
+    def gone() -> bool:
+        out = subprocess.run(["squeue", "-h", "-j", native, "-o", "%T"], capture_output=True, text=True).stdout
+        return out.strip() in ("", "CANCELLED")
+
+    poll_for(gone, 30, 0.5, what="the Slurm job gone")
+    # the job's wrapper names the job id in its command line; it and its children must be gone
+    poll_for(lambda: subprocess.run(["pgrep", "-f", job_id], capture_output=True, text=True).stdout.strip() == "",
+             30, 0.5, what="the job's processes gone")
