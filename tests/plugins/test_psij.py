@@ -79,8 +79,8 @@ def test_cancel_sleep_kills_the_process(psij_stack) -> None:
 def test_bad_specs_are_422_with_every_reason(psij_stack) -> None:
     psij, _ = client_for(psij_stack)
     with pytest.raises(ClientError) as err:
-        psij.submit_job({"executable": "", "arguments": 3, "colour": "x", "attributes": {"duration": "soon",
-                                                                                         "custom_attributes": {"bad key": 1}}})
+        attributes = {"duration": "soon", "custom_attributes": {"bad key": 1}}
+        psij.submit_job({"executable": "", "arguments": 3, "colour": "x", "attributes": attributes})
     assert err.value.status_code == 422
     fields = {e["field"] for e in err.value.detail["errors"]}
     assert fields == {"executable", "arguments", "colour", "attributes.duration", "attributes.custom_attributes"}
@@ -122,7 +122,8 @@ def test_owners_and_roles(psij_stack) -> None:
     admin, _ = client_for(psij_stack)
     assert admin.get_job_status(job_id)["owner"] == "alice"
     with psij_stack.http(viewer) as http:
-        assert http.post(f"/test/psij/submit_job/{a.sid}", json={"job_spec": {"executable": "/bin/true"}}).status_code == 403
+        body = {"job_spec": {"executable": "/bin/true"}}
+        assert http.post(f"/test/psij/submit_job/{a.sid}", json=body).status_code == 403
 
 
 def test_edge_restart_keeps_and_reattaches_jobs(tmp_path) -> None:
