@@ -1,0 +1,1 @@
+"""High-throughput tasks (executables and Python functions) near the data: local pool, Dask, Rhapsody."""

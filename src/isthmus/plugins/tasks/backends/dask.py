@@ -1,0 +1,60 @@
+"""Dask distributed: an existing scheduler address, or a dask-jobqueue cluster on Slurm/PBS.
+
+The scale-out path: Isthmus does not manage workers itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..worker import run_chunk
+from . import Backend
+
+JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}
+
+
+class DaskBackend(Backend):
+    name = "dask"
+
+    def __init__(self, address: str | None = None, jobqueue: dict[str, Any] | None = None) -> None:
+        if not address and not jobqueue:
+            raise ValueError("the dask backend needs an address (tcp://host:8786) or a dask_jobqueue setting")
+        self.address = address
+        self.jobqueue = dict(jobqueue or {})
+        self.client: Any = None
+        self.cluster: Any = None
+
+    async def start(self) -> None:
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise ValueError("the dask backend needs dask[distributed]: pip install 'isthmus[dask]'") from exc
+        address = self.address
+        if address is None:
+            import dask_jobqueue
+
+            kind = str(self.jobqueue.pop("kind", "slurm"))
+            jobs = int(self.jobqueue.pop("jobs", 1))  # type: ignore[call-overload]
+            if kind not in JOBQUEUE:
+                raise ValueError(f"dask_jobqueue kind must be one of {', '.join(JOBQUEUE)}")
+            self.cluster = await getattr(dask_jobqueue, JOBQUEUE[kind])(asynchronous=True, **self.jobqueue)
+            self.cluster.scale(jobs=jobs)
+            address = self.cluster
+        self.client = await Client(address, asynchronous=True)
+
+    async def run_chunk(self, tasks: list[dict[str, Any]], tail: int) -> list[dict[str, Any]]:
+        future = self.client.submit(run_chunk, tasks, tail, pure=False)
+        return await future
+
+    def parallelism(self) -> int:
+        try:
+            threads = sum(self.client.nthreads().values()) if self.client else 1
+        except Exception:  # noqa: BLE001 - the scheduler may be busy; assume a small cluster
+            threads = 1
+        return max(2, threads * 2)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.cluster is not None:
+            await self.cluster.close()

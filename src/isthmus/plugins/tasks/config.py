@@ -1,0 +1,22 @@
+"""Configuration of the tasks plugin."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TasksConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field("local", description="Default backend: local | dask | rhapsody.")
+    workers: int | None = Field(None, ge=1, le=1024, description="Local pool size (default: the cores).")
+    dask_address: str | None = Field(None, description="Scheduler address for the dask backend.")
+    dask_jobqueue: dict[str, object] | None = Field(
+        None, description="dask-jobqueue cluster for the dask backend, e.g. {kind: slurm, cores: 32, memory: 64GB, "
+                          "jobs: 4}; used when no dask_address is given.")
+    allow_pickled_functions: bool = Field(True, description="Accept cloudpickle payloads (code!) from users.")
+    allowed_functions: list[str] | None = Field(
+        None, description="If set, only these module:qualname functions (fnmatch patterns) may run.")
+    output_tail: int = Field(4096, ge=0, le=1 << 20, description="Bytes of stdout/stderr kept per task.")
+    max_tasks: int = Field(200_000, ge=100, description="Finished tasks kept per session before the oldest go.")
+    max_batch: int = Field(65_536, ge=1, description="Most tasks in one submission.")

@@ -1,0 +1,455 @@
+"""tasks: many small executables or Python functions, run in chunks, reported in batches.
+
+Throughput comes from the shape: one HTTP call per batch (compacted on the wire), tasks
+run in chunks inside pool workers (one round trip per chunk, not per task), and state
+changes are coalesced into ``task_status_batch`` events (at most every ~50 ms or 1000
+changes), so thousands of completions cost a handful of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fnmatch
+import itertools
+import math
+import shutil
+import tempfile
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import Request
+
+from ...errors import PluginError
+from ...sdk.menu import MenuItem, MenuSection
+from ...sdk.plugin import Plugin
+from ...sdk.session import PluginSession
+from ...types import Role
+from .backends import Backend
+from .backends.local import LocalBackend
+from .config import TasksConfig
+from .states import TaskState, advance
+from .wire import expand
+
+COALESCE_SECONDS = 0.05
+COALESCE_MAX = 1000
+MAX_CHUNK_FUNCTIONS = 512
+MAX_CHUNK_EXECUTABLES = 64
+
+
+@dataclass(slots=True)
+class Task:
+    uid: str
+    spec: dict[str, Any]
+    state: TaskState = TaskState.PENDING
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    return_value: Any = None
+    exception: str | None = None
+    cancel_requested: bool = False
+
+    def brief(self) -> dict[str, Any]:
+        return {"uid": self.uid, "state": self.state.value, "exit_code": self.exit_code}
+
+    def full(self) -> dict[str, Any]:
+        spec = {k: v for k, v in self.spec.items() if k not in ("uid", "cancel_marker")}
+        if spec.get("pickled"):
+            spec["function"] = "<pickled function>"
+        return {**self.brief(), "spec": spec, "submitted": self.submitted, "started": self.started,
+                "finished": self.finished, "stdout": self.stdout, "stderr": self.stderr,
+                "return_value": self.return_value, "exception": self.exception}
+
+
+class TasksSession(PluginSession):
+    """One client's tasks, its backend, its dispatcher and its event coalescer."""
+
+    def __init__(self, sid: str, backend: str | None = None, address: str | None = None, **_: Any) -> None:
+        super().__init__(sid)
+        self.backend_name = backend
+        self.address = address
+        self.backend: Backend | None = None
+        self.owns_backend = False
+        self.plugin: PluginTasks | None = None
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.pending: deque[str] = deque()
+        self.inflight = 0
+        self.counter = itertools.count(1)
+        self.changes: list[dict[str, Any]] = []
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.final_event = asyncio.Event()
+        self.running: set[asyncio.Task[None]] = set()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _changed(self, task: Task) -> None:
+        self.changes.append(task.brief())
+        if len(self.changes) >= COALESCE_MAX:
+            self._flush()
+        elif self.flush_handle is None:
+            self.flush_handle = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        changes, self.changes = self.changes, []
+        if not changes or self._notify is None:
+            return
+        if len(changes) == 1:
+            self._notify("task_status", changes[0])
+        else:
+            self._notify("task_status_batch", {"tasks": changes})
+
+    def _move(self, task: Task, event: TaskState) -> bool:
+        new = advance(task.state, event, task.cancel_requested)
+        if new is None:
+            return False
+        task.state = new
+        now = time.time()
+        if new is TaskState.RUNNING:
+            task.started = now
+        elif new.final:
+            task.finished = now
+            self.final_event.set()
+        self._changed(task)
+        return True
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _chunk(self) -> list[Task]:
+        assert self.backend is not None
+        parallel = self.backend.parallelism()
+        if not self.pending:
+            return []
+        first = self.tasks.get(self.pending[0])
+        limit = MAX_CHUNK_FUNCTIONS if first is not None and "function" in first.spec else MAX_CHUNK_EXECUTABLES
+        size = max(1, min(limit, math.ceil(len(self.pending) / parallel)))
+        chunk: list[Task] = []
+        while self.pending and len(chunk) < size:
+            task = self.tasks.get(self.pending.popleft())
+            if task is not None and task.state is TaskState.PENDING:
+                chunk.append(task)
+        return chunk
+
+    def dispatch(self) -> None:
+        assert self.backend is not None
+        while self.pending and self.inflight < self.backend.parallelism():
+            chunk = self._chunk()
+            if not chunk:
+                break
+            for task in chunk:
+                self._move(task, TaskState.RUNNING)
+            self.inflight += 1
+            job = asyncio.create_task(self._run(chunk))
+            self.running.add(job)
+            job.add_done_callback(self.running.discard)
+
+    async def _run(self, chunk: list[Task]) -> None:
+        assert self.backend is not None and self.plugin is not None
+        tail = self.plugin.config.output_tail
+        try:
+            results = await self.backend.run_chunk([t.spec for t in chunk], tail)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend failure fails its tasks, never the session
+            results = [{"state": "FAILED", "exception": f"backend {self.backend.name} failed: "
+                                                         f"{type(exc).__name__}: {exc}"}] * len(chunk)
+        finally:
+            self.inflight -= 1
+        for task, result in zip(chunk, results, strict=False):
+            task.exit_code = result.get("exit_code")
+            task.stdout = result.get("stdout", "")
+            task.stderr = result.get("stderr", "")
+            task.return_value = result.get("return_value")
+            task.exception = result.get("exception")
+            self._move(task, TaskState(result["state"]))
+        self._trim()
+        if self._active:
+            self.dispatch()
+        if not self.pending and self.inflight == 0:
+            self._flush()  # the batch is complete: say so now, not after the coalescing window
+
+    def _trim(self) -> None:
+        assert self.plugin is not None
+        excess = len(self.tasks) - self.plugin.config.max_tasks
+        if excess <= 0:
+            return
+        for uid in [u for u, t in self.tasks.items() if t.state.final][:excess]:
+            del self.tasks[uid]
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def submit(self, specs: list[dict[str, Any]]) -> list[str]:
+        self._check_active()
+        uids = []
+        for spec in specs:
+            uid = f"task.{next(self.counter):06d}"
+            if "executable" in spec:
+                assert self.plugin is not None
+                key = f"{self.sid}.{uid}"  # unique across sessions: uids are per session
+                spec = {**spec, "uid": key, "cancel_marker": str(self.plugin.cancel_dir / key)}
+            self.tasks[uid] = Task(uid, spec)
+            self.pending.append(uid)
+            uids.append(uid)
+        self.dispatch()
+        return uids
+
+    async def cancel(self, uids: list[str]) -> int:
+        running: set[str] = set()
+        count = 0
+        for uid in uids:
+            task = self.tasks.get(uid)
+            if task is None or task.state.final:
+                continue
+            count += 1
+            if task.state is TaskState.PENDING:
+                self._move(task, TaskState.CANCELLED)
+            else:
+                task.cancel_requested = True
+                running.add(uid)
+        keys = {f"{self.sid}.{uid}" for uid in running}
+        if keys and self.plugin is not None:
+            await asyncio.to_thread(self.plugin.mark_cancelled, keys)
+        if keys and self.backend is not None:
+            await self.backend.kill(keys)
+        return count
+
+    async def wait(self, uids: list[str] | None, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            targets = [self.tasks[u] for u in uids if u in self.tasks] if uids else list(self.tasks.values())
+            if all(t.state.final for t in targets):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.final_event.clear()
+            try:
+                await asyncio.wait_for(self.final_event.wait(), left)
+            except TimeoutError:
+                return False
+
+    async def close(self) -> dict[str, Any]:
+        await self.cancel(list(self.tasks))
+        for job in list(self.running):
+            job.cancel()
+        self._flush()
+        if self.owns_backend and self.backend is not None:
+            await self.backend.close()
+        return await super().close()
+
+
+class PluginTasks(Plugin):
+    plugin_name = "tasks"
+    title = "Tasks"
+    description = "Run many small executables or Python functions near the data, on a local pool or Dask."
+    version = "0.1.0"
+    session_class = TasksSession
+    config_model = TasksConfig
+    ui_config = {
+        "icon": "⚙",
+        "title": "Tasks",
+        "description": "High-throughput tasks: executables or Python functions, with live state.",
+        "forms": [{"id": "submit", "title": "Run an executable", "fields": [
+            {"name": "executable", "type": "text", "default": "/bin/echo", "required": True},
+            {"name": "arguments", "type": "list", "default": ["hello"]},
+            {"name": "count", "type": "integer", "default": 1, "min": 1, "max": 10000}],
+            "submit": {"label": "Run", "style": "success", "endpoint": "submit_form/{sid}"}}],
+        "monitors": [{"id": "tasks", "title": "Tasks", "type": "task_list", "endpoint": "list_tasks/{sid}"}],
+        "notifications": {"topic": "task_status", "id_field": "uid", "state_field": "state"},
+    }
+
+    def __init__(self, app: Any = None, instance_name: str | None = None) -> None:
+        super().__init__(app, instance_name)
+        self.local = LocalBackend(self.config.workers)
+        # a running chunk checks here before each executable: cancel reaches tasks not started yet
+        self.cancel_dir = Path(tempfile.mkdtemp(prefix="isthmus-tasks-cancel-"))
+        for path, handler in (("submit_tasks/{sid}", self.submit_tasks), ("submit_form/{sid}", self.submit_form),
+                              ("cancel_task/{sid}/{uid}", self.cancel_task),
+                              ("cancel_all_tasks/{sid}", self.cancel_all), ("wait_tasks/{sid}", self.wait_tasks)):
+            self.add_route_post(path, handler)
+        self.add_route_get("list_tasks/{sid}", self.list_tasks)
+        self.add_route_get("get_task/{sid}/{uid}", self.get_task)
+        self.add_route_get("backends", self.backends)
+
+    def register_menu_sections(self) -> list[MenuSection]:
+        return [MenuSection(id="workload", label="Workload", icon="layers", order=50,
+                            items=[MenuItem(id="tasks", label="Tasks", path="/tasks", icon="cpu")])]
+
+    async def on_startup(self) -> None:
+        await self.local.start()
+
+    async def on_shutdown(self) -> None:
+        await self.local.close()
+        shutil.rmtree(self.cancel_dir, ignore_errors=True)
+
+    def mark_cancelled(self, keys: set[str]) -> None:
+        for key in keys:
+            (self.cancel_dir / key).touch()
+
+    # -- sessions pick a backend ------------------------------------------------------------------
+
+    def _create_session(self, sid: str, **kwargs: Any) -> PluginSession:
+        unknown = set(kwargs) - {"backend", "address"}
+        if unknown:
+            raise PluginError(f"register_session takes backend and address, not {', '.join(sorted(unknown))}", 422)
+        session = TasksSession(sid, **kwargs)
+        session.plugin = self
+        return session
+
+    async def register_session(self, request: Request) -> Any:
+        response = await super().register_session(request)
+        sid = orjson.loads(response.body)["sid"]
+        session: TasksSession = self._sessions[sid]  # type: ignore[assignment]
+        name = session.backend_name or self.config.backend
+        try:
+            if name == "local":
+                session.backend = self.local
+            elif name == "dask":
+                from .backends.dask import DaskBackend
+
+                session.backend = DaskBackend(session.address or self.config.dask_address,
+                                              self.config.dask_jobqueue)
+                session.owns_backend = True
+                await session.backend.start()
+            elif name == "rhapsody":
+                from .backends.rhapsody import unavailable_reason
+
+                raise ValueError(unavailable_reason())
+            else:
+                raise ValueError(f"unknown backend {name!r}; expected local, dask or rhapsody")
+        except (ValueError, OSError) as exc:
+            await self._close_session(sid, session)
+            raise PluginError(f"backend {name}: {exc}", 422) from exc
+        return response
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def _validate(self, specs: list[Any]) -> list[dict[str, Any]]:
+        if not specs:
+            raise PluginError("no tasks given", 422)
+        if len(specs) > self.config.max_batch:
+            raise PluginError(f"{len(specs)} tasks in one batch; at most {self.config.max_batch} (the client splits "
+                              "larger batches)", 413)
+        problems: list[str] = []
+        functions = False
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict):
+                problems.append(f"task {i}: not an object")
+                continue
+            if ("executable" in spec) == ("function" in spec):
+                problems.append(f"task {i}: give exactly one of executable or function")
+                continue
+            if "function" in spec:
+                functions = True
+                problems += self._function_problems(i, spec)
+            elif not isinstance(spec["executable"], str) or not spec["executable"]:
+                problems.append(f"task {i}: executable must be a non-empty string")
+            timeout = spec.get("timeout")
+            if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+                problems.append(f"task {i}: timeout must be a positive number of seconds")
+            if len(problems) >= 20:
+                break
+        if problems:
+            raise PluginError({"message": f"{len(problems)} problem(s) in the batch", "errors": problems}, 422)
+        if functions:
+            self.require_role(Role.user)
+        return specs
+
+    def _function_problems(self, i: int, spec: dict[str, Any]) -> list[str]:
+        fn = spec["function"]
+        if not isinstance(fn, str):
+            return [f"task {i}: function must be 'module:qualname' or a pickled payload"]
+        if spec.get("pickled"):
+            if not self.config.allow_pickled_functions:
+                raise PluginError("pickled functions are disabled on this edge (allow_pickled_functions)", 403)
+            try:
+                base64.b64decode(fn, validate=True)
+            except ValueError:
+                return [f"task {i}: pickled payload is not base64"]
+            return []
+        if ":" not in fn:
+            return [f"task {i}: function must look like 'module:qualname'"]
+        allowed = self.config.allowed_functions
+        if allowed is not None and not any(fnmatch.fnmatchcase(fn, p) for p in allowed):
+            raise PluginError(f"function {fn} is not in allowed_functions", 403)
+        return []
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def _session(self, request: Request) -> TasksSession:
+        return self._get_session(request.path_params["sid"])  # type: ignore[return-value]
+
+    async def submit_tasks(self, request: Request) -> dict[str, Any]:
+        session = self._session(request)
+        self.require_role(Role.user)
+        body = orjson.loads(await request.body())
+        if isinstance(body, dict) and "items" in body:
+            try:
+                specs = expand(body)
+            except ValueError as exc:
+                raise PluginError(str(exc), 422) from exc
+        elif isinstance(body, dict) and "tasks" in body:
+            specs = body["tasks"]
+        else:
+            raise PluginError("send {\"template\": {...}, \"items\": [...]} or {\"tasks\": [...]}", 422)
+        return {"uids": session.submit(self._validate(specs))}
+
+    async def submit_form(self, request: Request) -> dict[str, Any]:
+        """The Explorer's form: one executable, ``count`` times."""
+        session = self._session(request)
+        self.require_role(Role.user)
+        body = await request.json()
+        count = int(body.get("count") or 1)
+        args = body.get("arguments") or []
+        if isinstance(args, str):
+            args = args.split()
+        spec = {"executable": body.get("executable"), "arguments": args}
+        return {"uids": session.submit(self._validate([dict(spec) for _ in range(max(1, min(count, 10000)))]))}
+
+    async def list_tasks(self, request: Request) -> dict[str, Any]:
+        session = self._session(request)
+        state = request.query_params.get("state")
+        tasks = [t.brief() for t in session.tasks.values() if state is None or t.state.value == state]
+        return {"tasks": tasks, "counts": {s.value: sum(1 for t in session.tasks.values() if t.state is s)
+                                           for s in TaskState}}
+
+    async def get_task(self, request: Request) -> dict[str, Any]:
+        session = self._session(request)
+        task = session.tasks.get(request.path_params["uid"])
+        if task is None:
+            raise PluginError(f"no task {request.path_params['uid']} in this session", 404)
+        return task.full()
+
+    async def cancel_task(self, request: Request) -> dict[str, Any]:
+        session = self._session(request)
+        uid = request.path_params["uid"]
+        if uid not in session.tasks:
+            raise PluginError(f"no task {uid} in this session", 404)
+        return {"cancelled": await session.cancel([uid])}
+
+    async def cancel_all(self, request: Request) -> dict[str, Any]:
+        session = self._session(request)
+        return {"cancelled": await session.cancel(list(session.tasks))}
+
+    async def wait_tasks(self, request: Request) -> dict[str, Any]:
+        """Long-poll fallback for clients without the event stream: returns when done or after ``timeout``."""
+        session = self._session(request)
+        body = await request.json() if (await request.body()) else {}
+        timeout = min(float(body.get("timeout") or 30), 50)
+        done = await session.wait(body.get("uids"), timeout)
+        return {"done": done}
+
+    async def backends(self, request: Request) -> dict[str, Any]:
+        from .backends.rhapsody import available
+
+        return {"default": self.config.backend, "local_workers": self.local.workers,
+                "available": ["local", "dask"] + (["rhapsody"] if available() else [])}

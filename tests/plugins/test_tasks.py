@@ -1,0 +1,195 @@
+"""The tasks plugin with real pools: local processes and a real Dask LocalCluster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from isthmus import ClientError
+from isthmus.plugins.tasks.config import TasksConfig
+from isthmus.plugins.tasks.states import TaskState, advance
+from isthmus.plugins.tasks.wire import compact, expand
+from isthmus.testing.stack import Stack, poll_for
+from tests.conftest import support_env
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def env() -> dict[str, str]:
+    base = support_env()
+    base["PYTHONPATH"] = os.pathsep.join([ROOT, base["PYTHONPATH"]])  # tests.plugins.tasks_helpers importable
+    return base
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    config = {"plugins": {"tasks": {"output_tail": 64}}}
+    with Stack(plugins=["tasks"], env=env(), config=config, workdir=tmp_path_factory.mktemp("tasks")) as s:
+        yield s
+
+
+@pytest.fixture
+def tasks(stack):
+    client = stack.client().get_edge_client("test").get_plugin("tasks")
+    yield client
+    client.close()
+
+
+def test_functions_by_name_and_pickled(tasks) -> None:
+    uids = tasks.submit_tasks([{"function": "tests.plugins.tasks_helpers:square", "args": [i]} for i in range(200)])
+    states = tasks.wait_tasks(uids, timeout=60)
+    assert set(states.values()) == {"DONE"}
+    assert tasks.get_task(uids[7])["return_value"] == 49
+    uid = tasks.submit_function(lambda a, b=2: a ** b, 3, b=3)  # not importable: travels pickled
+    tasks.wait_tasks([uid], timeout=30)
+    assert tasks.get_task(uid)["return_value"] == 27
+    assert tasks.get_task(uid)["spec"]["function"] == "<pickled function>"
+
+
+def test_executables_with_output_bounded(tasks) -> None:
+    uids = tasks.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", f"echo out{i}; echo err{i} >&2"]}
+                               for i in range(20)])
+    assert set(tasks.wait_tasks(uids, timeout=60).values()) == {"DONE"}
+    task = tasks.get_task(uids[3])
+    assert task["stdout"] == "out3\n" and task["stderr"] == "err3\n" and task["exit_code"] == 0
+    big = tasks.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", "yes | head -c 100000"]}])
+    tasks.wait_tasks(big, timeout=30)
+    assert len(tasks.get_task(big[0])["stdout"]) == 64  # output_tail
+
+
+def test_failures_surface_per_task(tasks) -> None:
+    uids = tasks.submit_tasks([
+        {"executable": "/bin/sh", "arguments": ["-c", "exit 4"]},
+        {"function": "tests.plugins.tasks_helpers:boom", "args": ["kaput"]},
+        {"executable": "/bin/sleep", "arguments": ["30"], "timeout": 0.5},
+        {"function": "tests.plugins.tasks_helpers:slow", "args": [30], "timeout": 0.5},
+        {"executable": "/no/such/binary"},
+        {"function": "no.such.module:thing"},
+        {"function": "tests.plugins.tasks_helpers:square", "args": [3]},
+    ])
+    states = tasks.wait_tasks(uids, timeout=60)
+    assert [states[u] for u in uids] == ["FAILED"] * 6 + ["DONE"]
+    details = [tasks.get_task(u) for u in uids]
+    assert details[0]["exit_code"] == 4
+    assert details[1]["exception"] == "RuntimeError: kaput"
+    assert "timed out" in details[2]["exception"] and "timed out" in details[3]["exception"]
+    assert "cannot run" in details[4]["exception"]
+    assert "ModuleNotFoundError" in details[5]["exception"]
+
+
+def test_cancel_pending_running_and_all(tasks) -> None:
+    running = tasks.submit_tasks([{"executable": "/bin/sleep", "arguments": ["60"]} for _ in range(8)])
+    poll_for(lambda: all(t["state"] == "RUNNING" for t in tasks.list_tasks() if t["uid"] in running[:2]), 20,
+             what="sleepers running")
+    assert tasks.cancel_task(running[0]) == 1
+    assert tasks.cancel_all_tasks() >= 7
+    states = tasks.wait_tasks(running, timeout=30)
+    assert set(states.values()) == {"CANCELLED"}
+    with pytest.raises(ClientError) as err:
+        tasks.cancel_task("task.nope")
+    assert err.value.status_code == 404
+
+
+def test_batch_events_and_wait_without_events(stack) -> None:
+    bridge = stack.client()
+    events: dict[str, int] = {"task_status": 0, "task_status_batch": 0}
+    bridge.register_callback(plugin_name="tasks", callback=lambda e, p, t, d: events.__setitem__(t, events[t] + 1))
+    assert bridge.wait_for_events(10)
+    client = bridge.get_edge_client("test").get_plugin("tasks")
+    uids = client.submit_tasks([{"function": "operator:add", "args": [i, i]} for i in range(5000)])
+    assert len(uids) == 5000 and len(set(uids)) == 5000
+    client.wait_tasks(uids, timeout=60)
+    poll_for(lambda: events["task_status_batch"] > 0, 5, what="batch events")
+    assert events["task_status_batch"] + events["task_status"] < 200, "bursts must be coalesced"
+    # a client without an event stream still waits correctly (long-poll fallback)
+    from isthmus.plugins.tasks.client import TasksClient
+
+    plain = TasksClient(bridge._http, "test", "tasks", bridge=None)
+    plain.register_session()
+    uids = plain.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", "sleep 1"]}])
+    assert plain.wait_tasks(uids, timeout=30) == {uids[0]: "DONE"}
+    plain.close()
+
+
+def test_safety(stack) -> None:
+    viewer = stack.create_token("viewer")
+    with stack.http(viewer) as http:
+        sid = stack.client().get_edge_client("test").get_plugin("tasks").sid
+        resp = http.post(f"/test/tasks/submit_tasks/{sid}", json={"tasks": [{"function": "os:getcwd"}]})
+        assert resp.status_code == 403
+
+
+def test_function_policies(tmp_path) -> None:
+    config = {"plugins": {"tasks": {"allow_pickled_functions": False, "allowed_functions": ["operator:*"]}}}
+    with Stack(plugins=["tasks"], config=config, workdir=tmp_path / "w") as s:
+        client = s.client().get_edge_client("test").get_plugin("tasks")
+        assert client.wait_tasks(client.submit_tasks([{"function": "operator:neg", "args": [2]}]), timeout=30)
+        with pytest.raises(ClientError) as err:
+            client.submit_function(lambda: 1)
+        assert err.value.status_code == 403 and "pickled" in str(err.value)
+        with pytest.raises(ClientError) as err:
+            client.submit_tasks([{"function": "os:system", "args": ["true"]}])
+        assert err.value.status_code == 403 and "allowed_functions" in str(err.value)
+        with pytest.raises(ClientError) as err:
+            client.submit_tasks([{"executable": "/bin/true", "function": "operator:neg"}, {"timeout": -1}])
+        assert err.value.status_code == 422 and len(err.value.detail["errors"]) == 2
+
+
+@pytest.mark.slow
+def test_dask_local_cluster(stack) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        client = stack.client().get_edge_client("test").get_plugin("tasks", backend="dask",
+                                                                      address=cluster.scheduler_address)
+        uids = client.submit_tasks([{"function": "operator:mul", "args": [i, 3]} for i in range(300)])
+        uids += client.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", "exit 2"]},
+                                     {"function": "operator:truediv", "args": [1, 0]}])
+        states = client.wait_tasks(uids, timeout=120)
+        assert [states[u] for u in uids[:300]] == ["DONE"] * 300
+        assert states[uids[300]] == "FAILED" and client.get_task(uids[300])["exit_code"] == 2
+        assert "ZeroDivisionError" in client.get_task(uids[301])["exception"]
+        assert client.get_task(uids[10])["return_value"] == 30
+        slow = client.submit_tasks([{"function": "tests.plugins.tasks_helpers:slow", "args": [0.2]}] * 4)
+        assert client.cancel_all_tasks() >= 1
+        assert set(client.wait_tasks(slow, timeout=60).values()) <= {"CANCELLED", "DONE"}
+        client.close()
+    with pytest.raises(ClientError) as err:
+        stack.client().get_edge_client("test").get_plugin("tasks", backend="dask")
+    assert err.value.status_code == 422 and "address" in str(err.value)
+    with pytest.raises(ClientError) as err:
+        stack.client().get_edge_client("test").get_plugin("tasks", backend="rhapsody")
+    assert err.value.status_code == 422 and "rhapsody" in str(err.value)
+
+
+def test_state_machine() -> None:
+    assert advance(TaskState.PENDING, TaskState.RUNNING) is TaskState.RUNNING
+    assert advance(TaskState.PENDING, TaskState.CANCELLED) is TaskState.CANCELLED
+    assert advance(TaskState.RUNNING, TaskState.DONE) is TaskState.DONE
+    assert advance(TaskState.RUNNING, TaskState.DONE, cancel_requested=True) is TaskState.CANCELLED
+    assert advance(TaskState.DONE, TaskState.FAILED) is None
+    assert advance(TaskState.CANCELLED, TaskState.DONE) is None
+    assert advance(TaskState.PENDING, TaskState.DONE) is None
+
+
+def test_wire_compaction() -> None:
+    tasks = [{"executable": "/bin/true", "timeout": 5, "arguments": [str(i)]} for i in range(3)]
+    batch = compact(tasks)
+    assert batch["template"] == {"executable": "/bin/true", "timeout": 5}
+    assert batch["items"] == [{"arguments": ["0"]}, {"arguments": ["1"]}, {"arguments": ["2"]}]
+    assert expand(batch) == tasks
+    mixed = [{"function": "a:b"}, {"executable": "/bin/true"}]
+    assert expand(compact(mixed)) == mixed
+    with pytest.raises(ValueError):
+        expand({"items": "nope"})
+
+
+def test_config_contract() -> None:
+    cfg = TasksConfig()
+    assert cfg.backend == "local" and cfg.allow_pickled_functions and cfg.output_tail == 4096
+    for bad in ({"workers": 0}, {"output_tail": -1}, {"pickles": True}):
+        with pytest.raises(ValidationError):
+            TasksConfig.model_validate(bad)
