@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from isthmus.testing.stack import Stack  # noqa: E402
+from isthmus.testing.stack import Stack
 
 BATCHES = [1, 64, 256, 1024, 4096, 16384]
 
