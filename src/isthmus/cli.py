@@ -358,6 +358,61 @@ def token_revoke(
     typer.echo(f"revoked {token_id}")
 
 
+# -- files ----------------------------------------------------------------------------------
+
+def _remote(spec: str) -> tuple[str, str] | None:
+    """``edge:path`` → (edge, path); a local path → None."""
+    import re
+
+    m = re.match(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(.*)$", spec)
+    if m is None or Path(spec).exists():
+        return None
+    return m.group(1), m.group(2) or "~"
+
+
+@app.command()
+def cp(
+    src: Annotated[str, typer.Argument(help="Source: a local path or EDGE:PATH.")],
+    dst: Annotated[str, typer.Argument(help="Destination: a local path or EDGE:PATH.")],
+    bridge: Annotated[str | None, typer.Option(help="Bridge URL (default $ISTHMUS_URL, else 127.0.0.1:8000).")] = None,
+    token: Annotated[str | None, typer.Option(help="Token (default $ISTHMUS_TOKEN or $ISTHMUS_ADMIN_TOKEN).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted upload.")] = False,
+) -> None:
+    """Copy a file to or from an edge, streamed and checked with SHA-256 (edge:path names the remote side)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from . import BridgeClient, ClientError
+    from .plugins.staging.client import StagingClient
+
+    remote_src, remote_dst = _remote(src), _remote(dst)
+    if (remote_src is None) == (remote_dst is None):
+        typer.echo("error: exactly one of SRC and DST must be EDGE:PATH", err=True)
+        raise typer.Exit(2)
+    client = BridgeClient(url=bridge, token=token)
+    edge = (remote_src or remote_dst)[0]  # type: ignore[index]
+    try:
+        staging = client.get_edge_client(edge).get_plugin("staging", client_class=StagingClient)
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), transient=False) as bar:
+            task = bar.add_task(f"{src} → {dst}", total=None)
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total or None)
+
+            if remote_dst is not None:
+                result = staging.put(src, remote_dst[1], overwrite=overwrite, resume=resume, progress=update)
+            else:
+                assert remote_src is not None
+                result = staging.get(remote_src[1], dst, overwrite=overwrite, progress=update)
+        typer.echo(f"{result['size']} bytes, sha256 {result['sha256']}")
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+
+
 # -- plugins ----------------------------------------------------------------------------------
 
 @app.command("plugins")

@@ -54,11 +54,11 @@ FRAME_TYPES = frozenset({HELLO, WELCOME, REFUSE, REQUEST, RESPONSE, CHUNK, CREDI
 
 # Bodies up to this size travel inside the req/res frame; larger ones stream as chunks.
 INLINE_BODY_MAX = 256 * 1024
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 1024 * 1024
 # Chunks a sender may have in flight per stream before it waits for credit.
-CREDIT_WINDOW = 16
+CREDIT_WINDOW = 8
 # A coalesced WebSocket message is closed once it holds this many bytes.
-MESSAGE_TARGET = 1024 * 1024
+MESSAGE_TARGET = 4 * 1024 * 1024
 # The largest WebSocket message either side accepts.
 MAX_MESSAGE = 16 * 1024 * 1024
 

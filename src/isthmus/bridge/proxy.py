@@ -207,8 +207,9 @@ async def _wait_disconnect(receive: Any) -> None:
 
 
 async def _pump_body(receive: Any, out: Any, max_body: int) -> str | None:
-    """Copy the client's body into chunk frames; returns why it stopped early, if it did."""
+    """Copy the client's body into chunk frames (gathered to full chunks); returns why it stopped early."""
     total = 0
+    pending = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -218,7 +219,10 @@ async def _pump_body(receive: Any, out: Any, max_body: int) -> str | None:
         if total > max_body:
             return "too-large"
         more = message.get("more_body", False)
-        await out.write(body, end=not more)
+        pending += body
+        if len(pending) >= P.CHUNK_SIZE or not more:
+            data, pending = bytes(pending), bytearray()
+            await out.write(data, end=not more)
         if not more:
             return None
 

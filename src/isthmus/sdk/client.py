@@ -63,24 +63,25 @@ class PluginClient:
             raise RuntimeError("No active session: call register_session() first")
         return self.sid
 
-    def _get(self, path: str, **params: Any) -> Any:
-        resp = self._http.get(self._url(path), params={k: v for k, v in params.items() if v is not None})
-        self._raise(resp, f"GET {path}")
+    def _get(self, route: str, /, **params: Any) -> Any:
+        """GET a route of this plugin; keyword arguments become query parameters (None ones are dropped)."""
+        resp = self._http.get(self._url(route), params={k: v for k, v in params.items() if v is not None})
+        self._raise(resp, f"GET {route}")
         return resp.json()
 
-    def _post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
-        resp = self._http.post(self._url(path), json=json, **kwargs)
-        self._raise(resp, f"POST {path}")
+    def _post(self, route: str, /, json: Any = None, **kwargs: Any) -> Any:
+        resp = self._http.post(self._url(route), json=json, **kwargs)
+        self._raise(resp, f"POST {route}")
         return resp.json()
 
-    def _put(self, path: str, json: Any = None) -> Any:
-        resp = self._http.put(self._url(path), json=json)
-        self._raise(resp, f"PUT {path}")
+    def _put(self, route: str, /, json: Any = None) -> Any:
+        resp = self._http.put(self._url(route), json=json)
+        self._raise(resp, f"PUT {route}")
         return resp.json()
 
-    def _delete(self, path: str) -> Any:
-        resp = self._http.delete(self._url(path))
-        self._raise(resp, f"DELETE {path}")
+    def _delete(self, route: str, /) -> Any:
+        resp = self._http.delete(self._url(route))
+        self._raise(resp, f"DELETE {route}")
         return resp.json()
 
     def register_session(self, **kwargs: Any) -> str:

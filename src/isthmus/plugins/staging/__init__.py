@@ -1,0 +1,1 @@
+"""File staging between clients and the edge: streamed, checksummed, resumable, sandboxed."""
