@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from isthmus.testing.stack import Stack  # noqa: E402
+from isthmus.testing.stack import Stack
 
 
 def write_file(path: Path, size: int) -> None:

@@ -204,7 +204,7 @@ def test_interrupted_upload_is_resumed_and_never_truncates(stack, tmp_path) -> N
                 if sent >= 15 * (1 << 20):
                     raise ConnectionAbortedError("cable pulled")
 
-    with pytest.raises(Exception):  # noqa: B017,PT011 - the client side breaks the transfer
+    with pytest.raises(Exception):  # noqa: B017 - the client side breaks the transfer
         httpx.put(f"{stack.url}/test/staging/upload/{client.sid}", params={"path": remote, "offset": 0},
                   content=body(), headers={**stack.headers, "content-length": str(40 << 20)}, timeout=60)
     poll_for(lambda: client._get(f"partial/{client.sid}", path=remote)["partial_size"] > 0, 10,
