@@ -143,3 +143,15 @@ def test_isthmus_plugins_command_lists_without_importing(tmp_path: Path) -> None
     rows = {line.split("\t")[0]: line.split("\t")[1] for line in out.splitlines()}
     assert rows["sysinfo"] == "enabled" and rows["fakeoff"] == "disabled" and rows["fake"] == "disabled"
     assert not marker.exists()
+
+
+def test_plugin_modules_only_from_installed_plugins(platform: Stack) -> None:
+    import httpx
+
+    resp = httpx.get(f"{platform.url}/static/plugins/fake.js")  # the Explorer loads it before login
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/javascript")
+    assert "export function init" in resp.text
+    assert "default-src 'self'" in resp.headers["content-security-policy"]
+    assert httpx.get(f"{platform.url}/static/plugins/not-installed.js").status_code == 404
+    assert httpx.get(f"{platform.url}/static/plugins/..%2F..%2Fetc%2Fpasswd.js").status_code == 404
+    assert httpx.get(f"{platform.url}/static/plugins/sysinfo.js").status_code == 404  # installed, no ui.js

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.staticfiles import StaticFiles
+
+from ...sdk.registry import entry_points
+from ..proxy import respond
 
 if TYPE_CHECKING:
     from ..app import Bridge
@@ -22,10 +28,48 @@ SECURITY_HEADERS = [
 ]
 
 
+PLUGIN_MODULE = re.compile(r"^/static/plugins/([A-Za-z0-9_.-]+)\.js$")
+
+
+def plugin_module_file(name: str) -> Path | None:
+    """The ``ui.js`` beside an INSTALLED plugin's module, found without importing the plugin.
+
+    Only names of the ``isthmus.plugins`` entry points are looked up, so nothing an edge
+    announces at runtime can make the bridge serve a file.
+    """
+    ep = entry_points().get(name)
+    if ep is None:
+        return None
+    try:
+        spec = importlib.util.find_spec(ep.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    candidate = Path(spec.origin).parent / "ui.js"
+    return candidate if candidate.is_file() else None
+
+
+async def _serve_module(path: Path, send: Any) -> None:
+    body = await asyncio.to_thread(path.read_bytes)
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/javascript; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-cache"), *SECURITY_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def build_explorer(bridge: Bridge) -> Any:
     files = StaticFiles(directory=STATIC, html=True)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        m = PLUGIN_MODULE.match(scope["path"])
+        if m is not None:
+            module = plugin_module_file(m.group(1))
+            if module is None:
+                await respond(send, 404, f"no installed plugin module {m.group(1)!r}")
+            else:
+                await _serve_module(module, send)
+            return
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
