@@ -62,6 +62,9 @@ def build_explorer(bridge: Bridge) -> Any:
     files = StaticFiles(directory=STATIC, html=True)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if ".." in scope["path"] or "\x00" in scope["path"]:
+            await respond(send, 404, "not found")
+            return
         m = PLUGIN_MODULE.match(scope["path"])
         if m is not None:
             module = plugin_module_file(m.group(1))
