@@ -160,9 +160,17 @@ def test_dask_local_cluster(stack) -> None:
     with pytest.raises(ClientError) as err:
         stack.client().get_edge_client("test").get_plugin("tasks", backend="dask")
     assert err.value.status_code == 422 and "address" in str(err.value)
-    with pytest.raises(ClientError) as err:
-        stack.client().get_edge_client("test").get_plugin("tasks", backend="rhapsody")
-    assert err.value.status_code == 422 and "rhapsody" in str(err.value)
+
+
+def test_rhapsody_backend(stack) -> None:
+    """Chunks run as Rhapsody ComputeTasks on its concurrent backend (rhapsody-py is a test dependency)."""
+    client = stack.client().get_edge_client("test").get_plugin("tasks", backend="rhapsody")
+    uids = client.submit_tasks([{"function": "operator:mul", "args": [i, 2]} for i in range(100)]
+                               + [{"executable": "/bin/sh", "arguments": ["-c", "exit 3"]}])
+    states = client.wait_tasks(uids, timeout=120)
+    assert [states[u] for u in uids[:100]] == ["DONE"] * 100 and states[uids[100]] == "FAILED"
+    assert client.get_task(uids[21])["return_value"] == 42 and client.get_task(uids[100])["exit_code"] == 3
+    client.close()
 
 
 def test_state_machine() -> None:

@@ -14,6 +14,8 @@ class TasksConfig(BaseModel):
     dask_jobqueue: dict[str, object] | None = Field(
         None, description="dask-jobqueue cluster for the dask backend, e.g. {kind: slurm, cores: 32, memory: 64GB, "
                           "jobs: 4}; used when no dask_address is given.")
+    rhapsody_backend: str = Field("concurrent", description="Rhapsody backend for backend=rhapsody "
+                                                            "(concurrent, dask, dragon, ...).")
     allow_pickled_functions: bool = Field(True, description="Accept cloudpickle payloads (code!) from users.")
     allowed_functions: list[str] | None = Field(
         None, description="If set, only these module:qualname functions (fnmatch patterns) may run.")

@@ -321,12 +321,14 @@ class PluginTasks(Plugin):
                 session.owns_backend = True
                 await session.backend.start()
             elif name == "rhapsody":
-                from .backends.rhapsody import unavailable_reason
+                from .backends.rhapsody import RhapsodyBackend
 
-                raise ValueError(unavailable_reason())
+                session.backend = RhapsodyBackend(self.config.rhapsody_backend, self.config.workers)
+                session.owns_backend = True
+                await session.backend.start()
             else:
                 raise ValueError(f"unknown backend {name!r}; expected local, dask or rhapsody")
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, ImportError) as exc:
             await self._close_session(sid, session)
             raise PluginError(f"backend {name}: {exc}", 422) from exc
         return response

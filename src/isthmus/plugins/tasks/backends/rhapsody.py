@@ -1,10 +1,20 @@
-"""RADICAL Rhapsody (``rhapsody-py``): detected, not yet driven.
+"""RADICAL Rhapsody (``rhapsody-py``) as a task backend, when it is installed.
 
-Selecting ``backend="rhapsody"`` answers 422 with this explanation instead of pretending:
-the adapter to Rhapsody's session API is not written yet (see docs/tasks.md).
+Each chunk travels as ONE Rhapsody ComputeTask running the same worker function as the
+local pool, so Rhapsody's backends (``concurrent`` by default; ``dask``, ``dragon`` ... per
+its own configuration) execute Isthmus chunks without a per-task round trip.
 """
 
 from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from ..worker import run_chunk
+from . import Backend
 
 
 def available() -> bool:
@@ -15,7 +25,41 @@ def available() -> bool:
     return True
 
 
-def unavailable_reason() -> str:
-    if not available():
-        return "the rhapsody backend needs rhapsody-py (pip install rhapsody-py), which is not installed on this edge"
-    return "rhapsody-py is installed, but this Isthmus release has no adapter for it yet; use local or dask"
+class RhapsodyBackend(Backend):
+    name = "rhapsody"
+
+    def __init__(self, kind: str = "concurrent", workers: int | None = None) -> None:
+        if not available():
+            raise ValueError("the rhapsody backend needs rhapsody-py (pip install rhapsody-py), which is not "
+                             "installed on this edge")
+        self.kind = kind
+        self.workers = workers or os.cpu_count() or 1
+        self.session: Any = None
+
+    async def start(self) -> None:
+        import rhapsody
+        from rhapsody.backends import ConcurrentExecutionBackend
+
+        if self.kind == "concurrent":
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+            backend = await ConcurrentExecutionBackend(pool)
+        else:
+            backend = rhapsody.get_backend(self.kind)
+            if inspect.isawaitable(backend):
+                backend = await backend
+        self.session = rhapsody.Session(backends=[backend])
+
+    async def run_chunk(self, tasks: list[dict[str, Any]], tail: int) -> list[dict[str, Any]]:
+        from rhapsody import ComputeTask
+
+        task = ComputeTask(function=run_chunk, args=[tasks, tail])
+        (future,) = await self.session.submit_tasks([task])
+        await future
+        return task.return_value
+
+    def parallelism(self) -> int:
+        return self.workers * 2
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
