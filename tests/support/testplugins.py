@@ -112,3 +112,13 @@ class PluginBroken(Plugin):
 
     async def on_startup(self) -> None:
         raise RuntimeError("cannot reach the frobnicator")
+
+
+class PluginEvil(Plugin):
+    """Names and texts full of markup: the Explorer must show them as text."""
+
+    plugin_name = "evil"
+    title = '<img src=x onerror="window.__pwned=1">'
+    description = "<script>window.__pwned=2</script> description"
+    ui_config = {"title": "<b onmouseover=alert(1)>evil</b>", "description": "<script>window.__pwned=3</script>",
+                 "monitors": [{"id": "m", "title": "<i>raw</i>", "type": "raw", "endpoint": "version"}]}

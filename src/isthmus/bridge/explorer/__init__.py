@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from ...sdk.registry import entry_points
@@ -81,6 +82,9 @@ def build_explorer(bridge: Bridge) -> Any:
         inner = dict(scope)
         path = scope["path"]
         inner["path"] = "/" if path in ("/", "") else path.removeprefix("/static")
-        await files(inner, receive, send_with_headers)
+        try:
+            await files(inner, receive, send_with_headers)
+        except HTTPException as exc:  # StaticFiles raises for missing files outside a Starlette app
+            await respond(send, exc.status_code, "not found" if exc.status_code == 404 else str(exc.detail))
 
     return app

@@ -28,6 +28,7 @@ class PluginCluster(Plugin):
     title = "Cluster"
     description = "Nodes placed in racks and rooms, health rolled up, jobs per node, cluster metrics."
     version = "0.1.0"
+    ui_module = "ui.js"
     config_model = ClusterConfig
     ui_config = {
         "icon": "🗄",

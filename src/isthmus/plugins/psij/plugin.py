@@ -57,6 +57,7 @@ class PluginPsij(Plugin):
     title = "Jobs"
     description = "Submit jobs through PSI/J (Slurm, PBS, LSF, Flux or local), watch them, read their output."
     version = "0.1.0"
+    ui_module = "ui.js"
     session_class = PsijSession
     config_model = PsijConfig
     ui_config = {

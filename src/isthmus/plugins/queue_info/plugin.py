@@ -55,6 +55,7 @@ class PluginQueueInfo(Plugin):
     title = "Queues"
     description = "Partitions and queues with free capacity, jobs, allocations; cancel your jobs."
     version = "0.1.0"
+    ui_module = "ui.js"
     session_class = QueueInfoSession
     config_model = QueueInfoConfig
     ui_config = {

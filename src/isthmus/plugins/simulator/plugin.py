@@ -27,6 +27,7 @@ class PluginSimulator(Plugin):
     title = "Simulator"
     description = "A simulated cluster: incident modes, incidents with a duration, overrides with a TTL."
     version = "0.1.0"
+    ui_module = "ui.js"
     config_model = SimulatorConfig
     ui_config = {
         "icon": "🧪",

@@ -30,6 +30,7 @@ class PluginSysinfo(Plugin):
     title = "System info"
     description = "Host, CPU, memory, disks, network, GPUs and shared filesystems of the edge."
     version = "0.1.0"
+    ui_module = "ui.js"
     session_class = SysinfoSession
     ui_config = {
         "icon": "🖥",

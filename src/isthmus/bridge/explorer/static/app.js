@@ -1,0 +1,617 @@
+// Isthmus Explorer: a single-page app with no build step. Everything shown is set with
+// textContent or escaped with esc(); the page runs under a strict Content-Security-Policy.
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+export function esc(value) {
+  return String(value ?? '').replace(/[&<>"'`]/g, c => ({
+    '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;', '`': '&#96;',
+  })[c]);
+}
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = value;
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const state = {
+  me: null, edges: {}, menu: [], sessions: new Map(), queueData: {}, tasks: new Map(),
+  pages: new Map(), current: null, source: null, lastEventId: null,
+};
+
+// -- HTTP ------------------------------------------------------------------------------------
+
+export async function request(path, options = {}) {
+  const opts = { credentials: 'same-origin', ...options, headers: { ...(options.headers || {}) } };
+  if (opts.body !== undefined && typeof opts.body === 'object' && !(opts.body instanceof FormData)
+      && !(opts.body instanceof Blob) && !(opts.body instanceof ArrayBuffer)) {
+    opts.body = JSON.stringify(opts.body);
+    opts.headers['content-type'] = 'application/json';
+  }
+  const resp = await fetch(path, opts);
+  if (resp.status === 401 && state.me) { showLogin('Your session ended; log in again.'); }
+  return resp;
+}
+
+export async function requestJson(path, options = {}) {
+  const resp = await request(path, options);
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (!resp.ok) {
+    const detail = data && typeof data === 'object' && 'detail' in data ? data.detail : data;
+    const err = new Error(typeof detail === 'string' ? detail : (detail?.message || JSON.stringify(detail)));
+    err.status = resp.status;
+    err.detail = detail;
+    throw err;
+  }
+  return data;
+}
+
+// -- UI helpers -----------------------------------------------------------------------------
+
+export function flash(message, ok = true) {
+  const item = el('div', { class: ok ? 'ok' : 'error', text: message });
+  $('#flash').append(item);
+  setTimeout(() => item.remove(), ok ? 3000 : 7000);
+}
+
+export function showOverlay(title, bodyHtml) {
+  $('#overlay-title').textContent = title;
+  const body = $('#overlay-body');
+  if (bodyHtml instanceof Node) { body.replaceChildren(bodyHtml); } else { body.innerHTML = bodyHtml; }
+  $('#overlay').classList.remove('hidden');
+  $('#overlay-close').focus();
+}
+
+function hideOverlay() { $('#overlay').classList.add('hidden'); }
+
+function registerTask(plugin, id, label) {
+  state.tasks.set(`${plugin}:${id}`, { plugin, id, label: label || id, state: 'NEW' });
+  renderTasks();
+}
+
+function renderTasks() {
+  const list = $('#taskbar');
+  list.replaceChildren(...[...state.tasks.values()].slice(-30).reverse().map(t =>
+    el('li', {}, el('span', { class: `badge st-${t.state}`, text: t.state }), ' ', `${t.plugin}: ${t.label}`)));
+}
+
+function noteEvent(text) {
+  const list = $('#events');
+  list.prepend(el('li', { text: `${new Date().toLocaleTimeString()} ${text}` }));
+  while (list.children.length > 50) list.lastChild.remove();
+}
+
+// -- sessions and the plugin api (seed 000, section 3.6.3) -------------------------------------
+
+async function getSession(edge, plugin) {
+  const key = `${edge}/${plugin}`;
+  if (!state.sessions.has(key)) {
+    const promise = requestJson(`/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}/register_session`,
+      { method: 'POST', body: {} }).then(d => d.sid);
+    state.sessions.set(key, promise);
+    promise.catch(() => state.sessions.delete(key));
+  }
+  return state.sessions.get(key);
+}
+
+async function disconnectEdge(edge, event) {
+  event?.preventDefault?.();
+  event?.stopPropagation?.();
+  if (!confirm(`Disconnect edge ${edge}?`)) return;
+  try {
+    await requestJson(`/edge/disconnect/${encodeURIComponent(edge)}`, { method: 'POST' });
+    flash(`Edge ${edge} disconnected`);
+  } catch (err) { flash(err.message, false); }
+}
+
+export function makeApi(edge, plugin) {
+  const base = `/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}/`;
+  return {
+    edgeName: edge,
+    pluginName: plugin,
+    bridgeUrl: location.origin,
+    getSession: (name = plugin) => getSession(edge, name),
+    fetch: (path, options) => requestJson(base + path, options),
+    fetchRaw: (path, options) => request(base + path, options),
+    flash,
+    escHtml: esc,
+    showOverlay,
+    registerTask: (p, id, label) => registerTask(p || plugin, id, label),
+    getQueueData: () => state.queueData[edge],
+    setQueueData: data => { state.queueData[edge] = data; },
+    getPluginNames: () => Object.keys(state.edges[edge]?.plugins || {}),
+    disconnectEdge: event => disconnectEdge(edge, event),
+  };
+}
+
+// -- login ------------------------------------------------------------------------------------
+
+function showLogin(message) {
+  state.me = null;
+  if (state.source) { state.source.close(); state.source = null; }
+  $('#app').classList.add('hidden');
+  $('#login').classList.remove('hidden');
+  for (const id of ['#logout', '#terminate']) $(id).classList.add('hidden');
+  $('#who').textContent = '';
+  setStream('offline');
+  if (message) flash(message, false);
+  $('#token').focus();
+}
+
+async function login(event) {
+  event.preventDefault();
+  const token = $('#token').value.trim();
+  try {
+    await requestJson('/auth/login', { method: 'POST', body: { token } });
+    $('#token').value = '';
+    await start();
+  } catch (err) { flash(`Login failed: ${err.message}`, false); }
+}
+
+async function logout() {
+  await request('/auth/logout', { method: 'POST' });
+  state.sessions.clear();
+  showLogin();
+}
+
+// -- event stream -----------------------------------------------------------------------------
+
+function setStream(text) {
+  const badge = $('#stream');
+  badge.textContent = text;
+  badge.classList.toggle('live', text === 'live');
+}
+
+function connectEvents() {
+  const source = new EventSource('/events');  // the browser resumes with Last-Event-ID itself
+  state.source = source;
+  source.onopen = () => setStream('live');
+  source.onerror = () => setStream(source.readyState === EventSource.CLOSED ? 'offline' : 'reconnecting');
+  source.onmessage = message => {
+    state.lastEventId = message.lastEventId;
+    let event;
+    try { event = JSON.parse(message.data); } catch { return; }
+    if (event.topic === 'topology') {
+      state.edges = event.data.edges || {};
+      renderNav();
+      loadMenu();
+    } else if (event.topic === 'notification') {
+      onNotification(event.data);
+    }
+  };
+  source.addEventListener('gap', message => {
+    noteEvent('some events were missed; refreshing');
+    refreshEdges();
+  });
+}
+
+function onNotification(n) {
+  const data = n.data || {};
+  const id = data.job_id ?? data.uid ?? data.name ?? data.id;
+  noteEvent(`${n.edge}/${n.plugin} ${n.topic} ${id ?? ''} ${data.state ?? data.severity ?? ''}`);
+  const task = state.tasks.get(`${n.plugin}:${id}`);
+  if (task && data.state) { task.state = data.state; renderTasks(); }
+  if (n.topic === 'task_status_batch') {
+    for (const t of data.tasks || []) {
+      const tracked = state.tasks.get(`${n.plugin}:${t.uid}`);
+      if (tracked) tracked.state = t.state;
+    }
+    renderTasks();
+  }
+  for (const page of state.pages.values()) {
+    if (page.edge !== n.edge || page.plugin !== n.plugin) continue;
+    page.notify?.({ topic: n.topic, data });
+  }
+}
+
+// -- navigation -------------------------------------------------------------------------------
+
+async function refreshEdges() {
+  const data = await requestJson('/edge/list');
+  state.edges = data.edges || {};
+  renderNav();
+}
+
+async function loadMenu() {
+  try {
+    state.menu = (await requestJson('/menu')).sections || [];
+  } catch { state.menu = []; }
+  renderNav();
+}
+
+function pluginHref(edge, plugin, view) {
+  return `#/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}${view ? '/' + encodeURIComponent(view) : ''}`;
+}
+
+function renderNav() {
+  const nav = $('#nav');
+  const parts = [];
+  if (state.menu.length) {
+    parts.push(el('h3', { text: 'Menu' }));
+    for (const section of state.menu) {
+      const links = (section.items || []).map(item => {
+        const rest = String(item.path || '').split('/').filter(Boolean).slice(1).join('/');
+        return el('a', { href: pluginHref(section.edge, section.plugin, rest), text: `${item.label} (${section.edge})` });
+      });
+      parts.push(el('div', { class: 'menu-section' }, el('strong', { text: section.label }), ...links));
+    }
+  }
+  for (const [edge, info] of Object.entries(state.edges)) {
+    const header = el('h3', {}, el('span', { class: 'edge-name', text: edge }));
+    if (state.me?.role === 'admin' && edge !== 'bridge') {
+      header.append(el('button', { type: 'button', class: 'danger', 'aria-label': `Disconnect ${edge}`,
+        onclick: ev => disconnectEdge(edge, ev), text: '⏏' }));
+    }
+    parts.push(header);
+    for (const [plugin, manifest] of Object.entries(info.plugins || {})) {
+      const link = el('a', { href: pluginHref(edge, plugin), class: 'plugin-link', 'data-plugin': plugin },
+        el('span', { text: manifest.title || plugin }), ' ', el('small', { text: manifest.version || '' }));
+      parts.push(link);
+      if (manifest.error) parts.push(el('div', { class: 'err', text: manifest.error }));
+    }
+  }
+  if (!Object.keys(state.edges).length) parts.push(el('p', { class: 'hint', text: 'No edges connected.' }));
+  nav.replaceChildren(...parts);
+  markActive();
+}
+
+function markActive() {
+  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('href') === location.hash);
+}
+
+// -- pages ------------------------------------------------------------------------------------
+
+function parseRoute() {
+  const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
+  return { edge: parts[0], plugin: parts[1], view: parts.slice(2).join('/') || null };
+}
+
+async function route() {
+  markActive();
+  const { edge, plugin, view } = parseRoute();
+  const main = $('#main');
+  for (const page of state.pages.values()) page.hide?.();
+  if (!edge || !plugin) { renderHome(main); return; }
+  if (plugin === '_config' && view) { await renderConfig(main, edge, view); return; }
+  const manifest = state.edges[edge]?.plugins?.[plugin];
+  if (!manifest) { main.replaceChildren(el('p', { text: `No plugin ${plugin} on edge ${edge}.` })); return; }
+  const key = `${edge}/${plugin}`;
+  let page = state.pages.get(key);
+  if (!page) {
+    page = manifest.ui_module ? await modulePage(edge, plugin, manifest) : generatedPage(edge, plugin, manifest);
+    state.pages.set(key, page);
+  }
+  main.replaceChildren(page.root);
+  page.show?.(view);
+  main.focus();
+}
+
+function renderHome(main) {
+  const rows = Object.entries(state.edges).map(([edge, info]) => el('tr', {},
+    el('td', { text: edge }), el('td', { text: info.host || '' }),
+    el('td', { text: Object.keys(info.plugins || {}).join(', ') })));
+  main.replaceChildren(el('div', { class: 'card' }, el('h2', { text: 'Edges' }),
+    el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'Edge' }), el('th', { text: 'Host' }),
+      el('th', { text: 'Plugins' }))), el('tbody', {}, ...rows))));
+}
+
+async function modulePage(edge, plugin, manifest) {
+  const mod = await import(`/static/plugins/${encodeURIComponent(plugin)}.js`);
+  const api = makeApi(edge, plugin);
+  const root = el('section', { class: 'plugin-page', 'data-plugin': plugin });
+  if (mod.css) {
+    const sheet = new CSSStyleSheet();  // CSSOM is allowed under style-src 'self'
+    sheet.replaceSync(mod.css());
+    document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+  }
+  root.innerHTML = mod.template ? mod.template() : '';  // an installed plugin's own markup
+  const header = el('div', { class: 'page-head' }, el('h1', { text: manifest.title || plugin }),
+    adminConfigLink(edge, plugin));
+  root.prepend(header);
+  await mod.init?.(root, api);
+  const cfg = mod.notificationConfig;
+  return {
+    edge, plugin, root,
+    show: view => mod.onShow?.(root, api, view),
+    notify: n => { if (!cfg || cfg.topic === n.topic || (cfg.topics || []).includes(n.topic)) mod.onNotification?.(n, root, api); },
+  };
+}
+
+function adminConfigLink(edge, plugin) {
+  if (state.me?.role !== 'admin') return null;
+  return el('a', { href: pluginHref(edge, '_config', plugin), class: 'config-link', text: 'Configure' });
+}
+
+// -- pages generated from ui_config -------------------------------------------------------------
+
+function fieldInput(field) {
+  const id = `f-${field.name}-${Math.random().toString(36).slice(2, 7)}`;
+  const common = { id, name: field.name, required: field.required || undefined, placeholder: field.placeholder };
+  let input;
+  switch (field.type) {
+    case 'textarea': case 'json':
+      input = el('textarea', common);
+      input.value = field.default === undefined || field.default === null ? ''
+        : (field.type === 'json' ? JSON.stringify(field.default) : String(field.default));
+      break;
+    case 'checkbox':
+      input = el('input', { ...common, type: 'checkbox', checked: !!field.default });
+      break;
+    case 'select':
+      input = el('select', common);
+      for (const opt of field.options || []) {
+        const value = typeof opt === 'object' ? opt.value : opt;
+        input.append(el('option', { value, text: typeof opt === 'object' ? (opt.label ?? value) : opt }));
+      }
+      if (field.default !== undefined && field.default !== null) input.value = field.default;
+      break;
+    default: {
+      const type = { number: 'number', integer: 'number', password: 'password', hidden: 'hidden',
+        datetime: 'datetime-local' }[field.type] || 'text';
+      input = el('input', { ...common, type, min: field.min, max: field.max, step: field.type === 'integer' ? 1 : undefined });
+      if (field.default !== undefined && field.default !== null) {
+        input.value = Array.isArray(field.default) ? field.default.join(' ') : field.default;
+      }
+    }
+  }
+  return { id, input };
+}
+
+function readField(field, input) {
+  if (field.type === 'checkbox') return input.checked;
+  const raw = input.value;
+  if (raw === '') return undefined;
+  if (field.type === 'number') return Number(raw);
+  if (field.type === 'integer') return parseInt(raw, 10);
+  if (field.type === 'json') return JSON.parse(raw);
+  if (field.type === 'list') return raw.split(/\s+/).filter(Boolean);
+  return raw;
+}
+
+function generatedPage(edge, plugin, manifest) {
+  const ui = manifest.ui_config || {};
+  const api = makeApi(edge, plugin);
+  const root = el('section', { class: 'plugin-page', 'data-plugin': plugin });
+  root.append(el('div', { class: 'page-head' }, el('h1', {}, `${ui.icon || ''} ${ui.title || manifest.title || plugin}`),
+    adminConfigLink(edge, plugin)));
+  if (ui.description || manifest.description) root.append(el('p', { class: 'hint', text: ui.description || manifest.description }));
+  const rows = new Map();
+  const notif = ui.notifications;
+  const taskTable = el('tbody');
+
+  function upsert(entity) {
+    if (!notif) return;
+    const id = entity[notif.id_field];
+    if (id === undefined) return;
+    let row = rows.get(id);
+    if (!row) {
+      row = el('tr', { 'data-id': id }, el('td', { text: id }), el('td'));
+      rows.set(id, row);
+      taskTable.prepend(row);
+    }
+    const st = entity[notif.state_field] ?? '';
+    row.children[1].replaceChildren(el('span', { class: `badge st-${st} sev-${st}`, text: st }));
+  }
+
+  for (const form of ui.forms || []) {
+    const card = el('form', { class: 'card', 'data-form': form.id }, el('h2', { text: form.title || form.id }));
+    const grid = el('div', { class: 'form-grid' });
+    const inputs = [];
+    for (const field of form.fields || []) {
+      const { id, input } = fieldInput(field);
+      inputs.push([field, input]);
+      if (field.type === 'hidden') { card.append(input); continue; }
+      grid.append(el('label', { for: id, text: field.label || field.name }), input);
+      if (field.options_endpoint) {
+        api.fetch(field.options_endpoint).then(options => {
+          const list = Array.isArray(options) ? options : Object.values(options || {}).find(Array.isArray) || [];
+          input.replaceChildren(...list.map(o => el('option', { value: o.value ?? o.name ?? o, text: o.label ?? o.name ?? o })));
+        }).catch(err => flash(err.message, false));
+      }
+    }
+    const result = el('pre', { class: 'result hidden' });
+    const submit = form.submit || {};
+    card.append(grid, el('p', {}, el('button', { type: 'submit', class: submit.style || 'primary', text: submit.label || 'Submit' })), result);
+    card.addEventListener('submit', async event => {
+      event.preventDefault();
+      try {
+        const values = {};
+        for (const [field, input] of inputs) {
+          const value = readField(field, input);
+          if (value !== undefined) values[field.name] = value;
+        }
+        const sid = await api.getSession();
+        const endpoint = (submit.endpoint || `${form.id}/{sid}`).replace('{sid}', sid);
+        const method = submit.method || 'POST';
+        const query = method === 'GET' ? '?' + new URLSearchParams(values).toString() : '';
+        const data = await api.fetch(endpoint + query, method === 'GET' ? { method } : { method, body: values });
+        result.classList.remove('hidden');
+        result.textContent = JSON.stringify(data, null, 2);
+        for (const id of [data?.job_id, data?.uid, ...(data?.uids || []).slice(0, 20)].filter(Boolean)) {
+          api.registerTask(plugin, id, id);
+          if (notif) upsert({ [notif.id_field]: id, [notif.state_field]: data?.state || 'NEW' });
+        }
+        flash('Done');
+      } catch (err) { flash(err.message, false); }
+    });
+    root.append(card);
+  }
+
+  const pollers = [];
+  for (const monitor of ui.monitors || []) {
+    const card = el('div', { class: 'card', 'data-monitor': monitor.id }, el('h2', { text: monitor.title || monitor.id }));
+    const body = el('div');
+    card.append(body);
+    root.append(card);
+    if (monitor.type === 'task_list') {
+      body.append(el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'Id' }), el('th', { text: 'State' }))), taskTable));
+      if (monitor.empty_text) body.append(el('p', { class: 'hint', text: monitor.empty_text }));
+    }
+    if (!monitor.endpoint) continue;
+    const history = [];
+    const load = async () => {
+      try {
+        const sid = monitor.endpoint.includes('{sid}') ? await api.getSession() : '';
+        const data = await api.fetch(monitor.endpoint.replace('{sid}', sid));
+        renderMonitor(monitor, body, data, history, upsert);
+      } catch (err) { body.replaceChildren(el('p', { class: 'field-error', text: err.message })); }
+    };
+    pollers.push({ load, every: monitor.refresh });
+  }
+  let timers = [];
+  return {
+    edge, plugin, root,
+    show: () => {
+      for (const p of pollers) { p.load(); if (p.every) timers.push(setInterval(p.load, p.every * 1000)); }
+    },
+    hide: () => { timers.forEach(clearInterval); timers = []; },
+    notify: n => {
+      if (!notif) return;
+      if (n.topic === notif.topic) upsert(n.data);
+      if (n.topic === `${notif.topic}_batch`) (n.data.tasks || []).forEach(upsert);
+    },
+  };
+}
+
+function firstArray(data) {
+  if (Array.isArray(data)) return data;
+  return Object.values(data || {}).find(Array.isArray) || [];
+}
+
+function renderMonitor(monitor, body, data, history, upsert) {
+  if (monitor.type === 'task_list') { firstArray(data).forEach(upsert); return; }
+  if (monitor.type === 'raw') { body.replaceChildren(el('pre', { text: JSON.stringify(data, null, 2) })); return; }
+  if (monitor.type === 'metrics') {
+    const numbers = Object.entries(data || {}).filter(([, v]) => typeof v === 'number' && !/time/.test(String(v)));
+    history.push(data);
+    while (history.length > 60) history.shift();
+    const canvas = el('canvas', { class: 'chart', width: 600, height: 120 });
+    body.replaceChildren(el('table', {}, el('tbody', {}, ...numbers.map(([k, v]) =>
+      el('tr', {}, el('th', { text: k }), el('td', { text: Number.isInteger(v) ? v : v.toFixed(2) }))))), canvas);
+    drawChart(canvas, history, ['cpu_percent', 'memory_percent']);
+    return;
+  }
+  const items = firstArray(data);
+  const columns = monitor.columns || Object.keys(items[0] || {});
+  body.replaceChildren(items.length ? el('table', {}, el('thead', {}, el('tr', {}, ...columns.map(c => el('th', { text: c })))),
+    el('tbody', {}, ...items.map(item => el('tr', {}, ...columns.map(c => el('td', { text: fmt(item[c]) }))))))
+    : el('p', { class: 'hint', text: monitor.empty_text || 'Nothing yet.' }));
+}
+
+export function fmt(value) {
+  if (value === null || value === undefined) return '';
+  if (Array.isArray(value)) return value.join(', ');
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}
+
+export function drawChart(canvas, history, keys) {
+  const ctx = canvas.getContext('2d');
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  const colors = ['#1f6feb', '#2da44e', '#d4a72c', '#cf222e'];
+  keys.forEach((key, i) => {
+    const values = history.map(d => Number(d?.[key])).filter(v => !Number.isNaN(v));
+    if (values.length < 2) return;
+    ctx.strokeStyle = colors[i % colors.length];
+    ctx.beginPath();
+    values.forEach((v, j) => {
+      const x = (j / (values.length - 1)) * (w - 4) + 2;
+      const y = h - 2 - (Math.max(0, Math.min(100, v)) / 100) * (h - 4);
+      if (j === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  });
+}
+
+// -- admin: plugin configuration ----------------------------------------------------------------
+
+async function renderConfig(main, edge, plugin) {
+  const base = `/${encodeURIComponent(edge)}/_edge/plugins/${encodeURIComponent(plugin)}/config`;
+  let cfg;
+  try { cfg = await requestJson(base); } catch (err) { main.replaceChildren(el('p', { class: 'field-error', text: err.message })); return; }
+  const props = cfg.schema?.properties || {};
+  const form = el('form', { class: 'card config-form' }, el('h2', { text: `Configure ${plugin} on ${edge}` }));
+  const grid = el('div', { class: 'form-grid' });
+  const inputs = {};
+  for (const [key, prop] of Object.entries(props)) {
+    const value = cfg.values[key];
+    const type = prop.type || (prop.anyOf || []).map(p => p.type).find(t => t && t !== 'null') || 'string';
+    let input;
+    if (type === 'boolean') input = el('input', { type: 'checkbox', name: key, checked: !!value });
+    else if (type === 'array' || type === 'object' || prop.$ref || prop.allOf) { input = el('textarea', { name: key }); input.value = JSON.stringify(value ?? null); }
+    else { input = el('input', { name: key, type: type === 'integer' || type === 'number' ? 'number' : 'text', step: type === 'number' ? 'any' : undefined }); input.value = value ?? ''; }
+    inputs[key] = { input, type, prop };
+    grid.append(el('label', { text: key, title: prop.description || '' }),
+      el('div', {}, input, el('div', { class: 'field-error', 'data-error-for': key }),
+        el('small', { class: 'hint', text: `from ${cfg.sources[key] || 'default'}` })));
+  }
+  form.append(grid, el('p', {}, el('button', { type: 'submit', class: 'primary', text: 'Save and reload' })));
+  form.addEventListener('submit', async event => {
+    event.preventDefault();
+    form.querySelectorAll('[data-error-for]').forEach(e => { e.textContent = ''; });
+    const values = {};
+    try {
+      for (const [key, { input, type }] of Object.entries(inputs)) {
+        if (type === 'boolean') values[key] = input.checked;
+        else if (input.tagName === 'TEXTAREA') values[key] = JSON.parse(input.value || 'null');
+        else if (type === 'integer') values[key] = parseInt(input.value, 10);
+        else if (type === 'number') values[key] = Number(input.value);
+        else values[key] = input.value === '' ? null : input.value;
+        if (JSON.stringify(values[key]) === JSON.stringify(cfg.values[key])) delete values[key];
+      }
+      const saved = await requestJson(base, { method: 'PUT', body: values });
+      flash(`Saved: ${saved.reload}`);
+    } catch (err) {
+      const key = err.detail?.key;
+      const target = key && form.querySelector(`[data-error-for="${CSS.escape(key)}"]`);
+      if (target) target.textContent = err.detail.reason || err.message;
+      flash(err.message, false);
+    }
+  });
+  main.replaceChildren(form);
+}
+
+// -- start --------------------------------------------------------------------------------------
+
+async function start() {
+  let me;
+  try { me = await requestJson('/auth/whoami'); } catch { showLogin(); return; }
+  state.me = me;
+  $('#who').textContent = `${me.name} (${me.role})`;
+  $('#login').classList.add('hidden');
+  $('#app').classList.remove('hidden');
+  $('#logout').classList.remove('hidden');
+  $('#terminate').classList.toggle('hidden', me.role !== 'admin');
+  await refreshEdges();
+  await loadMenu();
+  connectEvents();
+  await route();
+}
+
+window.addEventListener('hashchange', () => { if (state.me) route().catch(err => flash(err.message, false)); });
+document.addEventListener('DOMContentLoaded', () => {
+  $('#login-form').addEventListener('submit', login);
+  $('#logout').addEventListener('click', logout);
+  $('#overlay-close').addEventListener('click', hideOverlay);
+  $('#overlay').addEventListener('click', e => { if (e.target.id === 'overlay') hideOverlay(); });
+  document.addEventListener('keydown', e => { if (e.key === 'Escape') hideOverlay(); });
+  $('#terminate').addEventListener('click', async () => {
+    if (!confirm('Terminate the bridge? Every client and edge loses it.')) return;
+    try { await requestJson('/bridge/terminate', { method: 'POST' }); flash('Bridge terminating'); } catch (err) { flash(err.message, false); }
+  });
+  start();
+});
