@@ -41,7 +41,7 @@ def demo(tmp_path_factory) -> Iterator[dict[str, str]]:
     env = {**os.environ, "XDG_STATE_HOME": str(work / "state"), "XDG_CONFIG_HOME": str(work / "config")}
     proc = subprocess.Popen([sys.executable, "-m", "isthmus", "demo", "--port", str(port), "--token-file",
                              str(token_file)], env=env, cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=open(work / "demo.log", "wb"))  # noqa: SIM115
+                            stderr=open(work / "demo.log", "wb"))
     url = f"http://127.0.0.1:{port}"
     try:
         poll_for(lambda: token_file.exists() and token_file.read_text().strip(), 30, what="demo token")
