@@ -154,4 +154,5 @@ def test_plugin_modules_only_from_installed_plugins(platform: Stack) -> None:
     assert "default-src 'self'" in resp.headers["content-security-policy"]
     assert httpx.get(f"{platform.url}/static/plugins/not-installed.js").status_code == 404
     assert httpx.get(f"{platform.url}/static/plugins/..%2F..%2Fetc%2Fpasswd.js").status_code == 404
-    assert httpx.get(f"{platform.url}/static/plugins/sysinfo.js").status_code == 404  # installed, no ui.js
+    assert httpx.get(f"{platform.url}/static/plugins/sysinfo.js").status_code == 200  # a built-in's module
+    assert httpx.get(f"{platform.url}/static/plugins/tasks.js").status_code == 404  # installed, no ui.js

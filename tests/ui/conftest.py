@@ -20,8 +20,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 SHOTS = Path(__file__).parents[2] / "test-artifacts" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Module-scoped: Playwright's sync API holds an event loop on this thread while it runs,
+    which must be gone before later tests start their own loops."""
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):

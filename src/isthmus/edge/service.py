@@ -118,6 +118,10 @@ class EdgeService:
                                               ping_interval=None, open_timeout=10,
                                               compression=None) as ws:
                     await self._session(ws)
+            except websockets.exceptions.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                level = logging.INFO if code in (1000, 1001, 1012) or self._stop.is_set() else logging.WARNING
+                log.log(level, "connection to %s closed (%s)", self.bridge_url, code)
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
                 log.warning("bridge %s unreachable: %s", self.bridge_url, exc)
             except asyncio.CancelledError:
