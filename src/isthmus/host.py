@@ -116,14 +116,13 @@ class PluginHost:
                 self.records[pid] = record
 
     def _config_for(self, pid: str, cls: type[Plugin]) -> tuple[Any, ConfigSources]:
-        overlay = None
+        app = self.app_config
         if pid in self.overrides:
-            # demo defaults sit between isthmus.yaml and the dedicated file
-            section = {**self.overrides[pid], **self.app_config.plugin_section(pid)}
-            app = self.app_config.model_copy(update={"plugins": {**self.app_config.plugins, pid: section}})
+            # host-level defaults (the demo's) sit just above the model defaults
+            section = {**self.overrides[pid], **app.plugin_section(pid)}
+            app = app.model_copy(update={"plugins": {**app.plugins, pid: section}})
             app.path = self.app_config.path
-            return load_plugin_config(pid, cls.config_model, app, self.environ, overlay)
-        return load_plugin_config(pid, cls.config_model, self.app_config, self.environ, overlay)
+        return load_plugin_config(pid, cls.config_model, app, self.environ)
 
     def _build(self, record: PluginRecord) -> None:
         try:

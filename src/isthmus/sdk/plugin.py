@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from ..errors import PluginError, SessionNotFound
+from ..errors import PluginError, SessionClosed, SessionNotFound
 from ..types import Principal, Role, current_principal
 from .menu import MenuSection
 from .registry import plugin_classes
@@ -306,9 +306,7 @@ class Plugin:
             session.touch()
             return session
         if sid in self._closed and self._visible(self._closed[sid], who):
-            session = PluginSession(sid)
-            session._active = False
-            session._check_active()
+            raise SessionClosed(f"session {sid} is closed; register a new session")
         raise SessionNotFound(f"no session {sid} in plugin {self.instance_name}; "
                               "call register_session first")
 
