@@ -87,6 +87,30 @@ class TasksSession(PluginSession):
         self.final_event = asyncio.Event()
         self.running: set[asyncio.Task[None]] = set()
 
+    async def initialize(self) -> None:
+        """Pick and start the backend (called by register_session before the session is stored)."""
+        plugin = self.plugin
+        assert plugin is not None
+        name = self.backend_name or plugin.config.backend
+        try:
+            if name == "local":
+                self.backend = plugin.local
+                return
+            if name == "dask":
+                from .backends.dask import DaskBackend
+
+                self.backend = DaskBackend(self.address or plugin.config.dask_address, plugin.config.dask_jobqueue)
+            elif name == "rhapsody":
+                from .backends.rhapsody import RhapsodyBackend
+
+                self.backend = RhapsodyBackend(plugin.config.rhapsody_backend, plugin.config.workers)
+            else:
+                raise ValueError(f"unknown backend {name!r}; expected local, dask or rhapsody")
+            self.owns_backend = True
+            await self.backend.start()
+        except (ValueError, OSError, ImportError) as exc:
+            raise PluginError(f"backend {name}: {exc}", 422) from exc
+
     # -- events ---------------------------------------------------------------------------------
 
     def _changed(self, task: Task) -> None:
@@ -304,34 +328,6 @@ class PluginTasks(Plugin):
         session = TasksSession(sid, **kwargs)
         session.plugin = self
         return session
-
-    async def register_session(self, request: Request) -> Any:
-        response = await super().register_session(request)
-        sid = orjson.loads(response.body)["sid"]
-        session: TasksSession = self._sessions[sid]  # type: ignore[assignment]
-        name = session.backend_name or self.config.backend
-        try:
-            if name == "local":
-                session.backend = self.local
-            elif name == "dask":
-                from .backends.dask import DaskBackend
-
-                session.backend = DaskBackend(session.address or self.config.dask_address,
-                                              self.config.dask_jobqueue)
-                session.owns_backend = True
-                await session.backend.start()
-            elif name == "rhapsody":
-                from .backends.rhapsody import RhapsodyBackend
-
-                session.backend = RhapsodyBackend(self.config.rhapsody_backend, self.config.workers)
-                session.owns_backend = True
-                await session.backend.start()
-            else:
-                raise ValueError(f"unknown backend {name!r}; expected local, dask or rhapsody")
-        except (ValueError, OSError, ImportError) as exc:
-            await self._close_session(sid, session)
-            raise PluginError(f"backend {name}: {exc}", 422) from exc
-        return response
 
     # -- validation -----------------------------------------------------------------------------
 
