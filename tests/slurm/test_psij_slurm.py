@@ -59,3 +59,20 @@ def test_cancel_on_slurm(slurm_psij) -> None:
     # the job's wrapper names the job id in its command line; it and its children must be gone
     poll_for(lambda: subprocess.run(["pgrep", "-f", job_id], capture_output=True, text=True).stdout.strip() == "",
              30, 0.5, what="the job's processes gone")
+
+
+def test_edge_restart_reattaches_slurm_job(slurm, tmp_path) -> None:
+    config = {"scheduler": "slurm", "plugins": {"psij": {"allowed_directories": ["~", "/tmp"]}}}
+    with Stack(plugins=["psij"], env=slurm.env, config=config, workdir=tmp_path / "w") as s:
+        psij = s.client().get_edge_client("test").get_plugin("psij")
+        job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "sleep 4; echo survived"],
+                                  "attributes": {"queue_name": "debug", "duration": 120}})
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 60, 0.5, what="job ACTIVE")
+        s.kill_edge()
+        s.wait_edge(present=False)
+        s.start_edge()
+        again = s.client().get_edge_client("test").get_plugin("psij")
+        assert job_id in {j["job_id"] for j in again.list_jobs()}
+        final = again.wait(job_id, timeout=90)
+        assert final["state"] == "COMPLETED" and final["exit_code"] == 0
+        assert again.tail(job_id)[0] == "survived\n"
