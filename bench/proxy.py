@@ -84,6 +84,8 @@ def sse_reader(port: int, token: str, want: int, results: list, ready: threading
     count = gaps = 0
     first = last = None
     ready_seen = False
+    marker = b"\ndata: {\"topic\":\"notification\""
+    tail = b""  # an event may straddle two reads
     sock.settimeout(5)
     while count < want:
         try:
@@ -95,7 +97,9 @@ def sse_reader(port: int, token: str, want: int, results: list, ready: threading
         if not ready_seen and b"connected" in data:
             ready_seen = True
             ready.set()
-        n = data.count(b"\ndata: {\"topic\":\"notification\"")
+        window = tail + data
+        n = window.count(marker)
+        tail = window[-(len(marker) - 1):]
         if n and first is None:
             first = time.perf_counter()
         count += n
