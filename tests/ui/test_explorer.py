@@ -34,6 +34,7 @@ def test_login_edges_sysinfo_logout(page, demo) -> None:
     page.wait_for_selector(".sys-info table")
     assert "CPU" in page.inner_text(".sys-info")
     page.wait_for_selector(".sys-now:has-text('CPU')")
+    assert page.locator(".plugin-page[data-plugin='sysinfo'] .config-link").count() == 0  # nothing to configure
     shot(page, "sysinfo")
     cookies = page.context.cookies()
     session = next(c for c in cookies if c["name"] == "isthmus_session")
@@ -93,7 +94,8 @@ def test_room_view_finds_the_down_node_and_overrides_show(page, demo) -> None:
 
 def test_admin_config_editor_shows_field_errors(page, demo) -> None:
     login(page, demo)
-    page.goto(demo["url"] + "/#/demo/_config/cluster")
+    page.click("#nav a[href='#/demo/cluster']")
+    page.click(".plugin-page[data-plugin='cluster'] .config-link")
     page.wait_for_selector(".config-form input[name='refresh_interval']")
     page.fill("input[name='refresh_interval']", "0")
     page.click(".config-form button[type=submit]")

@@ -372,6 +372,7 @@ class Plugin:
             "description": self.description or (self._ui or {}).get("description", ""),
             "ui_config": self._ui,
             "menu": [s.model_dump() for s in self.register_menu_sections()],
+            "configurable": type(self).config_model is not None,
         }
         if self.ui_module:
             info["ui_module"] = True

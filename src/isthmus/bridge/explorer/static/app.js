@@ -331,7 +331,7 @@ async function modulePage(edge, plugin, manifest) {
 }
 
 function adminConfigLink(edge, plugin) {
-  if (state.me?.role !== 'admin') return null;
+  if (state.me?.role !== 'admin' || !state.edges[edge]?.plugins?.[plugin]?.configurable) return null;
   return el('a', { href: pluginHref(edge, '_config', plugin), class: 'config-link', text: 'Configure' });
 }
 
