@@ -16,3 +16,18 @@ def boom(message: str) -> None:
 def slow(seconds: float) -> str:
     time.sleep(seconds)
     return "woke"
+
+
+def environment_view() -> dict[str, object]:
+    """What task code can learn about its environment: os.environ, and its own and its parent's /proc environ."""
+    import os
+
+    def proc_environ(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                return fh.read().decode("utf-8", errors="replace").replace("\0", "\n")
+        except OSError as exc:
+            return f"<unreadable: {exc}>"
+
+    return {"environ": dict(os.environ), "proc_self": proc_environ(os.getpid()),
+            "proc_parent": proc_environ(os.getppid())}

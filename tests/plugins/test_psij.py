@@ -120,7 +120,9 @@ def test_owners_and_roles(psij_stack) -> None:
         b.cancel_job(job_id)
     assert err.value.status_code == 404
     admin, _ = client_for(psij_stack)
-    assert admin.get_job_status(job_id)["owner"] == "alice"
+    owner = a.get_job_status(job_id)["owner"]  # the principal's id (its token's), not its display name
+    assert owner and admin.get_job_status(job_id)["owner"] == owner
+    assert owner not in {j["owner"] for j in b.list_jobs()}
     with psij_stack.http(viewer) as http:
         body = {"job_spec": {"executable": "/bin/true"}}
         assert http.post(f"/test/psij/submit_job/{a.sid}", json=body).status_code == 403

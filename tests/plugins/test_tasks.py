@@ -66,7 +66,7 @@ def test_failures_surface_per_task(tasks) -> None:
         {"function": "tests.plugins.tasks_helpers:boom", "args": ["kaput"]},
         {"executable": "/bin/sleep", "arguments": ["30"], "timeout": 0.5},
         {"function": "tests.plugins.tasks_helpers:slow", "args": [30], "timeout": 0.5},
-        {"executable": "/no/such/binary"},
+        {"executable": "/usr/bin/no-such-binary"},  # allowed by allowed_executables, but not there
         {"function": "no.such.module:thing"},
         {"function": "tests.plugins.tasks_helpers:square", "args": [3]},
     ])
@@ -139,27 +139,30 @@ def test_function_policies(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_dask_local_cluster(stack) -> None:
+def test_dask_local_cluster(tmp_path) -> None:
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        client = stack.client().get_edge_client("test").get_plugin("tasks", backend="dask",
-                                                                      address=cluster.scheduler_address)
-        uids = client.submit_tasks([{"function": "operator:mul", "args": [i, 3]} for i in range(300)])
-        uids += client.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", "exit 2"]},
-                                     {"function": "operator:truediv", "args": [1, 0]}])
-        states = client.wait_tasks(uids, timeout=120)
-        assert [states[u] for u in uids[:300]] == ["DONE"] * 300
-        assert states[uids[300]] == "FAILED" and client.get_task(uids[300])["exit_code"] == 2
-        assert "ZeroDivisionError" in client.get_task(uids[301])["exception"]
-        assert client.get_task(uids[10])["return_value"] == 30
-        slow = client.submit_tasks([{"function": "tests.plugins.tasks_helpers:slow", "args": [0.2]}] * 4)
-        assert client.cancel_all_tasks() >= 1
-        assert set(client.wait_tasks(slow, timeout=60).values()) <= {"CANCELLED", "DONE"}
-        client.close()
-    with pytest.raises(ClientError) as err:
-        stack.client().get_edge_client("test").get_plugin("tasks", backend="dask")
-    assert err.value.status_code == 422 and "address" in str(err.value)
+        # a user may only name a scheduler the admin listed (dask_addresses)
+        config = {"plugins": {"tasks": {"output_tail": 64, "dask_addresses": [cluster.scheduler_address]}}}
+        with Stack(plugins=["tasks"], env=env(), config=config, workdir=tmp_path / "w") as stack:
+            client = stack.client().get_edge_client("test").get_plugin("tasks", backend="dask",
+                                                                          address=cluster.scheduler_address)
+            uids = client.submit_tasks([{"function": "operator:mul", "args": [i, 3]} for i in range(300)])
+            uids += client.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", "exit 2"]},
+                                         {"function": "operator:truediv", "args": [1, 0]}])
+            states = client.wait_tasks(uids, timeout=120)
+            assert [states[u] for u in uids[:300]] == ["DONE"] * 300
+            assert states[uids[300]] == "FAILED" and client.get_task(uids[300])["exit_code"] == 2
+            assert "ZeroDivisionError" in client.get_task(uids[301])["exception"]
+            assert client.get_task(uids[10])["return_value"] == 30
+            slow = client.submit_tasks([{"function": "tests.plugins.tasks_helpers:slow", "args": [0.2]}] * 4)
+            assert client.cancel_all_tasks() >= 1
+            assert set(client.wait_tasks(slow, timeout=60).values()) <= {"CANCELLED", "DONE"}
+            client.close()
+            with pytest.raises(ClientError) as err:
+                stack.client().get_edge_client("test").get_plugin("tasks", backend="dask")
+            assert err.value.status_code == 422 and "address" in str(err.value)
 
 
 def test_rhapsody_backend(stack) -> None:

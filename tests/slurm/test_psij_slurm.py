@@ -12,13 +12,14 @@ from isthmus.testing.stack import Stack, poll_for
 @pytest.fixture(scope="module")
 def slurm_psij(slurm, tmp_path_factory):
     config = {"scheduler": "slurm", "plugins": {"psij": {"allowed_directories": ["~", "/tmp"]}}}
-    with Stack(plugins=["psij"], env=slurm.env, config=config, workdir=tmp_path_factory.mktemp("sp")) as s:
+    env = {**slurm.env, "ISTHMUS_SITE_SECRET": "site-secret-4711"}  # must not reach jobs
+    with Stack(plugins=["psij"], env=env, config=config, workdir=tmp_path_factory.mktemp("sp")) as s:
         bridge = s.client()
-        yield bridge.get_edge_client("test").get_plugin("psij"), bridge
+        yield bridge.get_edge_client("test").get_plugin("psij"), bridge, s
 
 
 def test_echo_on_slurm(slurm_psij) -> None:
-    psij, bridge = slurm_psij
+    psij, bridge, _ = slurm_psij
     seen: list[str] = []
     bridge.register_callback(topic="job_status", callback=lambda e, p, t, d: seen.append((d["job_id"], d["state"])))
     assert bridge.wait_for_events(10)
@@ -34,7 +35,7 @@ def test_echo_on_slurm(slurm_psij) -> None:
 
 
 def test_failure_and_custom_attributes_on_slurm(slurm_psij) -> None:
-    psij, _ = slurm_psij
+    psij, _, _ = slurm_psij
     job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "exit 5"],
                               "attributes": {"custom_attributes": {"slurm.job-name": "isthmus-fail"}}})
     final = psij.wait(job_id, timeout=90)
@@ -42,7 +43,7 @@ def test_failure_and_custom_attributes_on_slurm(slurm_psij) -> None:
 
 
 def test_cancel_on_slurm(slurm_psij) -> None:
-    psij, _ = slurm_psij
+    psij, _, _ = slurm_psij
     job_id = psij.submit_job({"executable": "/bin/sleep", "arguments": ["600"],
                               "attributes": {"queue_name": "long", "duration": "00:20:00"}})
     poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 60, 0.5, what="job ACTIVE")
@@ -76,3 +77,31 @@ def test_edge_restart_reattaches_slurm_job(slurm, tmp_path) -> None:
         final = again.wait(job_id, timeout=90)
         assert final["state"] == "COMPLETED" and final["exit_code"] == 0
         assert again.tail(job_id)[0] == "survived\n"
+
+
+def test_clean_environment_on_slurm(slurm_psij) -> None:
+    """The batch job (and an srun step in it) sees the allow-listed variables and the spec's, never the
+    edge's token: the script says --export=NONE and exports the clean environment itself."""
+    psij, _, stack = slurm_psij
+    job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "env; echo STEP; srun /usr/bin/env"],
+                              "environment": {"JOB_VAR": "from-spec"},
+                              "attributes": {"queue_name": "debug", "duration": 60}})
+    final = psij.wait(job_id, timeout=90)
+    out = psij.tail(job_id)[0]
+    assert final["state"] == "COMPLETED", (final, psij.tail(job_id))
+    batch, step = out.split("STEP\n")
+    for part in (batch, step):
+        lines = part.splitlines()
+        assert not [line for line in lines if line.startswith("ISTHMUS_")]
+        assert stack.edge_token not in part and "site-secret-4711" not in part
+        assert "JOB_VAR=from-spec" in lines and any(line.startswith("PATH=") for line in lines)
+        assert any(line.startswith("SLURM_JOB_ID=") for line in lines)  # Slurm's own variables are there
+
+
+def test_newlines_stay_inside_arguments_on_slurm(slurm_psij) -> None:
+    """Arguments are shell-quoted in the batch script: a newline is part of the argument, not a new line."""
+    psij, _, _ = slurm_psij
+    job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "echo one\necho 'two'"],
+                              "attributes": {"queue_name": "debug", "duration": 60}})
+    assert psij.wait(job_id, timeout=90)["state"] == "COMPLETED"
+    assert psij.tail(job_id)[0] == "one\ntwo\n"

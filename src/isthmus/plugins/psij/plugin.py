@@ -4,12 +4,15 @@ Each job's command runs inside a tiny ``/bin/sh`` wrapper that writes its exit c
 file: that is how a job keeps its true exit code across an edge restart (PSI/J's local
 executor reports 0 for re-attached processes) and how a process that ended while the edge
 was down is still accounted for.
+
+What a job may run, the environment it gets (never the edge's own: it holds the edge's
+enrolment token) and where it may write are decided by :mod:`isthmus.plugins.jobpolicy`,
+shared with the tasks plugin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
 import shlex
@@ -31,6 +34,7 @@ from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...sdk.session import PluginSession
 from ...types import Principal, Role, current_principal
+from ..jobpolicy import build_environment, check_environment, check_output_path, real_path, resolve_executable
 from .config import PsijConfig
 from .spec import JobSpecModel
 from .store import FINAL, JobStore
@@ -38,10 +42,13 @@ from .store import FINAL, JobStore
 log = logging.getLogger("isthmus.plugins.psij")
 LOCAL_OWNER = "local"
 WRAPPER = '"$@"; rc=$?; echo "$rc" > {exit_file}; exit "$rc"'
+MAX_OFFSET = 1 << 62  # beyond what a file offset holds: a larger one would crash seek(), not read nothing
+ENV_OVERRIDES = ("SBATCH_EXPORT", "SBATCH_GET_USER_ENV")
+OUTPUTS = ("stdout_path", "stderr_path")  # where the job writes: never a dot-file in $HOME
 
 
 def _owner_name(who: Principal | None) -> str:
-    return who.name if who is not None else LOCAL_OWNER
+    return who.id if who is not None else LOCAL_OWNER
 
 
 def _expand(pattern: str) -> str:
@@ -108,6 +115,10 @@ class PluginPsij(Plugin):
 
     async def on_startup(self) -> None:
         self._loop = asyncio.get_running_loop()
+        for name in ENV_OVERRIDES:
+            if name in os.environ:  # sbatch/qsub read these and they beat the script's directives
+                log.warning("%s is set in the edge's environment: it overrides the clean environment psij "
+                            "gives batch jobs (--export=NONE); unset it for the edge", name)
         await asyncio.to_thread(self._prune)
         await asyncio.to_thread(self._reattach_all)
         self._pruner = asyncio.create_task(self._prune_loop(), name="psij-retention")
@@ -166,28 +177,43 @@ class PluginPsij(Plugin):
     # -- safety -----------------------------------------------------------------------------------
 
     def _inside(self, path: Path) -> bool:
-        roots = [Path(_expand(d)).resolve() for d in self.config.allowed_directories]
+        roots = [real_path(d) for d in self.config.allowed_directories]
         return any(path == r or r in path.parents for r in roots)
 
-    def _check_allowed(self, spec: JobSpecModel, workdir: Path) -> str:
-        """The resolved executable; raise 403 when the allow-lists say no."""
-        exe = spec.executable
-        resolved = shutil.which(exe) if "/" not in exe else exe
-        if resolved is None:
-            raise PluginError(f"executable {exe!r} is not on the edge's PATH", 422)
-        real = os.path.realpath(resolved)
-        if self.config.allow_any_executable:
-            return real
-        patterns = [_expand(p) for p in self.config.allowed_executables]
-        if not any(fnmatch.fnmatch(real, p) or fnmatch.fnmatch(resolved, p) for p in patterns):
-            raise PluginError(f"executable {real} is not allowed here (allowed_executables: "
-                              f"{', '.join(self.config.allowed_executables)})", 403)
-        for label, value in (("directory", spec.directory), ("stdout_path", spec.stdout_path),
-                             ("stderr_path", spec.stderr_path), ("stdin_path", spec.stdin_path)):
-            if value and not self._inside(Path(_expand(value)).resolve()):
+    def _check_allowed(self, spec: JobSpecModel) -> dict[str, Any]:
+        """What the job really runs and touches, resolved; 403 when the allow-lists say no.
+
+        Everything is resolved (PATH, ``~``, ``..``, symlinks) before it is matched, and the
+        resolved values are what the job uses, so a path cannot mean one thing when checked
+        and another when used. Output paths never name a dot-file in ``$HOME``, whatever the
+        allow-lists say.
+        """
+        cfg = self.config
+        resolved: dict[str, Any] = {"executable": resolve_executable(spec.executable, cfg.allowed_executables,
+                                                                      cfg.allow_any_executable)}
+        for label in ("directory", "stdin_path", "stdout_path", "stderr_path"):
+            value = getattr(spec, label)
+            if not value:
+                resolved[label] = None
+                continue
+            path = check_output_path(label, value) if label in OUTPUTS else real_path(value)
+            if not cfg.allow_any_executable and not self._inside(path):
                 raise PluginError(f"{label} {value} is outside the allowed directories "
-                                  f"({', '.join(self.config.allowed_directories)})", 403)
-        return real
+                                  f"({', '.join(cfg.allowed_directories)}; allowed_directories)", 403)
+            resolved[label] = str(path)
+        return resolved
+
+    def _environment(self, spec: JobSpecModel, executor: str) -> dict[str, str]:
+        """The job's whole environment: never the edge's own (its token!), only allow-listed variables.
+
+        PSI/J gets it with ``inherit_environment=False``: the local executor then starts the
+        job with exactly this, and batch executors write ``--export=NONE`` (Slurm) or leave
+        out ``-V`` (PBS) and export these variables in the script.
+        """
+        env = build_environment(spec.environment, self.config.env_passthrough, spec.inherit_environment)
+        if executor == "slurm":  # srun steps inside the job keep the job's environment (not Slurm's NONE)
+            env = {"SLURM_EXPORT_ENV": "ALL", **env}
+        return env
 
     # -- submission ---------------------------------------------------------------------------------
 
@@ -211,8 +237,8 @@ class PluginPsij(Plugin):
         job_spec = JobSpec(executable="/bin/sh", arguments=["-c", wrapper, "isthmus-job", spec.executable,
                                                             *spec.arguments],
                            directory=Path(_expand(spec.directory)) if spec.directory else Path(rec["workdir"]),
-                           name=spec.name or f"isthmus-{rec['id']}", inherit_environment=spec.inherit_environment,
-                           environment=dict(spec.environment) or None,
+                           name=spec.name or f"isthmus-{rec['id']}", inherit_environment=False,
+                           environment=self._environment(spec, rec["executor"]),
                            stdin_path=Path(_expand(spec.stdin_path)) if spec.stdin_path else None,
                            stdout_path=Path(rec["stdout_path"]), stderr_path=Path(rec["stderr_path"]),
                            resources=resources, attributes=attributes, launcher=spec.launcher)
@@ -232,12 +258,21 @@ class PluginPsij(Plugin):
             raw = {k: v for k, v in body.items() if k != "executor" and v not in (None, "")}
             executor = body.get("executor") or "auto"
         try:
-            return JobSpecModel.model_validate(raw), str(executor)
+            spec = JobSpecModel.model_validate(raw)
         except ValidationError as exc:
             errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(spec)", "problem": e["msg"]}
                       for e in exc.errors()]
             raise PluginError({"message": f"the job spec has {len(errors)} problem(s)",
                                "errors": errors}, 422) from exc
+        try:
+            check_environment(spec.environment, self.config.allowed_loader_variables)
+        except ValueError as exc:
+            raise PluginError({"message": "the job spec has 1 problem(s)",
+                               "errors": [{"field": "environment", "problem": str(exc)}]}, 422) from exc
+        if not isinstance(executor, str) or not executor.isidentifier():
+            raise PluginError({"message": "the job spec has 1 problem(s)",
+                               "errors": [{"field": "executor", "problem": "not an executor name"}]}, 422)
+        return spec, executor
 
     async def submit_job(self, request: Request) -> dict[str, Any]:
         self._get_session(request.path_params["sid"])
@@ -245,15 +280,15 @@ class PluginPsij(Plugin):
         spec, asked = self._parse_request(await request.json())
         job_id = uuid.uuid4().hex[:12]
         workdir = self.jobs_dir / job_id
-        executable = await asyncio.to_thread(self._check_allowed, spec, workdir)
+        resolved = await asyncio.to_thread(self._check_allowed, spec)
         executor_name = self._executor_name(asked)
         self._executor(executor_name)  # an unknown executor is a 422 now, not a failed job later
         who = current_principal.get()
         rec = {"id": job_id, "owner": _owner_name(who), "executor": executor_name, "native_id": None,
-               "spec": {**spec.model_dump(), "executable": executable}, "state": "NEW", "exit_code": None,
+               "spec": {**spec.model_dump(), **resolved}, "state": "NEW", "exit_code": None,
                "message": None, "workdir": str(workdir),
-               "stdout_path": str(Path(_expand(spec.stdout_path)) if spec.stdout_path else workdir / "stdout"),
-               "stderr_path": str(Path(_expand(spec.stderr_path)) if spec.stderr_path else workdir / "stderr"),
+               "stdout_path": resolved["stdout_path"] or str(workdir / "stdout"),
+               "stderr_path": resolved["stderr_path"] or str(workdir / "stderr"),
                "exit_file": str(workdir / "exit_code")}
         await asyncio.to_thread(self._prepare, rec)
         asyncio.get_running_loop().run_in_executor(None, self._submit, rec)  # returns at once
@@ -309,7 +344,7 @@ class PluginPsij(Plugin):
             return
         data = {"job_id": job_id, "state": state, "exit_code": rec["exit_code"], "native_id": rec["native_id"],
                 "executor": rec["executor"], "message": rec["message"], "time": rec["updated"]}
-        owner = None if rec["owner"] == LOCAL_OWNER else Principal(rec["owner"], Role.user)
+        owner = None if rec["owner"] == LOCAL_OWNER else Principal(rec["owner"], Role.user, rec["owner"])
         self.notify("job_status", data, owner=owner)
 
     def _reattach_all(self) -> None:
@@ -353,14 +388,14 @@ class PluginPsij(Plugin):
     def _job_for_caller(self, job_id: str) -> dict[str, Any]:
         rec = self.store.get(job_id)
         who = current_principal.get()
-        if rec is None or not (who is None or who.is_admin or rec["owner"] == who.name):
+        if rec is None or not (who is None or who.owns(rec["owner"])):
             raise PluginError(f"no job {job_id}", 404)
         return rec
 
     def _tail(self, path: str, offset: int) -> tuple[str, int]:
         """Output from ``offset`` on, at most ``output_chunk`` bytes; only the job's own files."""
-        if offset < 0:
-            raise PluginError("offsets must be >= 0", 422)
+        if not 0 <= offset <= MAX_OFFSET:
+            raise PluginError(f"offsets must be between 0 and {MAX_OFFSET}", 422)
         try:
             with open(path, "rb") as fh:
                 fh.seek(offset)
@@ -395,7 +430,7 @@ class PluginPsij(Plugin):
     async def list_jobs(self, request: Request) -> dict[str, Any]:
         self._get_session(request.path_params["sid"])
         who = current_principal.get()
-        owner = None if who is None or who.is_admin else who.name
+        owner = None if who is None or who.is_admin else who.id
         return {"jobs": [self._public(r) for r in await asyncio.to_thread(self.store.list, owner)]}
 
     async def cancel_job(self, request: Request) -> dict[str, Any]:

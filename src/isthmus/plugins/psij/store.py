@@ -7,11 +7,11 @@ and PSI/J's callback threads use it directly. WAL mode keeps readers and the wri
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ..sqlite_store import SqliteStore
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
 SCHEMA = """
@@ -39,19 +39,9 @@ COLUMNS = ("id", "owner", "executor", "native_id", "spec", "state", "exit_code",
            "stderr_path", "exit_file", "workdir", "created", "updated", "history")
 
 
-class JobStore:
+class JobStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     @staticmethod
     def _row(row: tuple[Any, ...] | None) -> dict[str, Any] | None:

@@ -1,16 +1,28 @@
-"""Configuration of the tasks plugin."""
+"""Configuration of the tasks plugin.
+
+The executable and environment keys (``allow_any_executable``, ``allowed_executables``,
+``env_passthrough``, ``allowed_loader_variables``) come from :mod:`isthmus.plugins.jobpolicy`,
+shared with the psij plugin so both mean the same thing.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from ..jobpolicy import JobPolicyConfig
 
 
-class TasksConfig(BaseModel):
+class TasksConfig(JobPolicyConfig):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = Field("local", description="Default backend: local | dask | rhapsody.")
     workers: int | None = Field(None, ge=1, le=1024, description="Local pool size (default: the cores).")
     dask_address: str | None = Field(None, description="Scheduler address for the dask backend.")
+    dask_addresses: list[str] = Field(
+        default_factory=list,
+        description="Dask scheduler addresses users may name in register_session(address=...), besides "
+                    "dask_address; any other address is refused (403), so users cannot make the edge dial "
+                    "arbitrary hosts and ports.")
     dask_jobqueue: dict[str, object] | None = Field(
         None, description="dask-jobqueue cluster for the dask backend, e.g. {kind: slurm, cores: 32, memory: 64GB, "
                           "jobs: 4}; used when no dask_address is given.")

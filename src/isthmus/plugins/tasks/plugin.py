@@ -4,6 +4,11 @@ Throughput comes from the shape: one HTTP call per batch (compacted on the wire)
 run in chunks inside pool workers (one round trip per chunk, not per task), and state
 changes are coalesced into ``task_status_batch`` events (at most every ~50 ms or 1000
 changes), so thousands of completions cost a handful of events.
+
+Executables pass the same policy as psij jobs (:mod:`isthmus.plugins.jobpolicy`): an
+allow-list of resolved paths, a clean environment, no loader variables unless the admin
+allows them. A session may only name a Dask scheduler the admin listed (``dask_addresses``):
+otherwise any user could make the edge dial any host and port.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...sdk.session import PluginSession
 from ...types import Role
+from ..jobpolicy import check_environment, check_number, check_text, resolve_executable
 from .backends import Backend
 from .backends.local import LocalBackend
 from .config import TasksConfig
@@ -39,6 +45,8 @@ COALESCE_SECONDS = 0.05
 COALESCE_MAX = 1000
 MAX_CHUNK_FUNCTIONS = 512
 MAX_CHUNK_EXECUTABLES = 64
+MAX_TIMEOUT = 366 * 86400  # seconds; larger (or inf/nan) is a mistake, and overflows timers
+INTERNAL_KEYS = frozenset({"uid", "cancel_marker", "passthrough"})  # set by the edge, never by a client
 
 
 @dataclass(slots=True)
@@ -60,7 +68,7 @@ class Task:
         return {"uid": self.uid, "state": self.state.value, "exit_code": self.exit_code}
 
     def full(self) -> dict[str, Any]:
-        spec = {k: v for k, v in self.spec.items() if k not in ("uid", "cancel_marker")}
+        spec = {k: v for k, v in self.spec.items() if k not in INTERNAL_KEYS}
         if spec.get("pickled"):
             spec["function"] = "<pickled function>"
         return {**self.brief(), "spec": spec, "submitted": self.submitted, "started": self.started,
@@ -99,7 +107,8 @@ class TasksSession(PluginSession):
             if name == "dask":
                 from .backends.dask import DaskBackend
 
-                self.backend = DaskBackend(self.address or plugin.config.dask_address, plugin.config.dask_jobqueue)
+                address = plugin.dask_address(self.address) if self.address else plugin.config.dask_address
+                self.backend = DaskBackend(address, plugin.config.dask_jobqueue)
             elif name == "rhapsody":
                 from .backends.rhapsody import RhapsodyBackend
 
@@ -213,13 +222,15 @@ class TasksSession(PluginSession):
 
     def submit(self, specs: list[dict[str, Any]]) -> list[str]:
         self._check_active()
+        assert self.plugin is not None
+        passthrough = tuple(self.plugin.config.env_passthrough)  # one object: pickled once per chunk
         uids = []
         for spec in specs:
             uid = f"task.{next(self.counter):06d}"
             if "executable" in spec:
-                assert self.plugin is not None
                 key = f"{self.sid}.{uid}"  # unique across sessions: uids are per session
-                spec = {**spec, "uid": key, "cancel_marker": str(self.plugin.cancel_dir / key)}
+                spec = {**spec, "uid": key, "cancel_marker": str(self.plugin.cancel_dir / key),
+                        "passthrough": passthrough}
             self.tasks[uid] = Task(uid, spec)
             self.pending.append(uid)
             uids.append(uid)
@@ -321,6 +332,25 @@ class PluginTasks(Plugin):
 
     # -- sessions pick a backend ------------------------------------------------------------------
 
+    def dask_address(self, address: Any) -> str:
+        """``address`` if the admin lists it (``dask_addresses`` or ``dask_address``); else 403.
+
+        Checked before any connection is tried: a refused address tells nothing about
+        whether something listens there.
+        """
+        def norm(value: str) -> str:
+            value = value.strip()
+            return value if "://" in value else f"tcp://{value}"
+
+        if not isinstance(address, str) or not address.strip():
+            raise PluginError("address must be a Dask scheduler address such as tcp://host:8786", 422)
+        allowed = [*self.config.dask_addresses, *([self.config.dask_address] if self.config.dask_address else [])]
+        if norm(address) not in {norm(a) for a in allowed}:
+            raise PluginError(f"Dask scheduler {address!r} is not one this edge may use; an admin lists allowed "
+                              f"schedulers in the tasks plugin's config key dask_addresses "
+                              f"(now: {', '.join(allowed) or 'none'})", 403)
+        return address.strip()
+
     def _create_session(self, sid: str, **kwargs: Any) -> PluginSession:
         unknown = set(kwargs) - {"backend", "address"}
         if unknown:
@@ -346,21 +376,63 @@ class PluginTasks(Plugin):
             if ("executable" in spec) == ("function" in spec):
                 problems.append(f"task {i}: give exactly one of executable or function")
                 continue
+            reserved = sorted(INTERNAL_KEYS & spec.keys())
+            if reserved:
+                problems.append(f"task {i}: {', '.join(reserved)} are set by the edge, not by clients")
             if "function" in spec:
                 functions = True
                 problems += self._function_problems(i, spec)
-            elif not isinstance(spec["executable"], str) or not spec["executable"]:
-                problems.append(f"task {i}: executable must be a non-empty string")
+            else:
+                problems += self._executable_problems(i, spec)
             timeout = spec.get("timeout")
-            if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-                problems.append(f"task {i}: timeout must be a positive number of seconds")
+            if timeout is not None:
+                try:
+                    check_number(timeout, "timeout", MAX_TIMEOUT)
+                except ValueError as exc:
+                    problems.append(f"task {i}: {exc} (seconds)")
             if len(problems) >= 20:
                 break
         if problems:
             raise PluginError({"message": f"{len(problems)} problem(s) in the batch", "errors": problems}, 422)
         if functions:
             self.require_role(Role.user)
-        return specs
+        return self._resolve_executables(specs)
+
+    def _executable_problems(self, i: int, spec: dict[str, Any]) -> list[str]:
+        """Shape and text of an executable task; its environment against the loader-variable policy."""
+        exe = spec["executable"]
+        if not isinstance(exe, str) or not exe:
+            return [f"task {i}: executable must be a non-empty string"]
+        problems = []
+        args = spec.get("arguments", [])
+        if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
+                                                 for a in args):
+            problems.append(f"task {i}: arguments must be a list of strings")
+        elif any("\x00" in str(a) for a in args):
+            problems.append(f"task {i}: arguments cannot contain NUL characters")
+        directory = spec.get("directory")
+        if directory is not None and (not isinstance(directory, str) or "\x00" in directory):
+            problems.append(f"task {i}: directory must be a path")
+        try:
+            check_text(exe, "executable")
+            check_environment(spec.get("environment"), self.config.allowed_loader_variables)
+        except ValueError as exc:
+            problems.append(f"task {i}: {exc}")
+        return problems
+
+    def _resolve_executables(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Executables resolved and checked against ``allowed_executables`` (403); the resolved path runs."""
+        cfg = self.config
+        seen: dict[str, str] = {}  # a batch usually runs one executable many times: resolve it once
+        out = []
+        for spec in specs:
+            if "executable" in spec:
+                exe = spec["executable"]
+                if exe not in seen:
+                    seen[exe] = resolve_executable(exe, cfg.allowed_executables, cfg.allow_any_executable)
+                spec = {**spec, "executable": seen[exe]}
+            out.append(spec)
+        return out
 
     def _function_problems(self, i: int, spec: dict[str, Any]) -> list[str]:
         fn = spec["function"]
@@ -389,7 +461,10 @@ class PluginTasks(Plugin):
     async def submit_tasks(self, request: Request) -> dict[str, Any]:
         session = self._session(request)
         self.require_role(Role.user)
-        body = orjson.loads(await request.body())
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:  # 1e400 and NaN too: orjson refuses what is not a finite number
+            raise PluginError(f"the body is not JSON: {exc}", 422) from exc
         if isinstance(body, dict) and "items" in body:
             try:
                 specs = expand(body)
@@ -406,7 +481,10 @@ class PluginTasks(Plugin):
         session = self._session(request)
         self.require_role(Role.user)
         body = await request.json()
-        count = int(body.get("count") or 1)
+        try:
+            count = int(body.get("count") or 1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PluginError("count must be a whole number", 422) from exc
         args = body.get("arguments") or []
         if isinstance(args, str):
             args = args.split()
@@ -442,7 +520,12 @@ class PluginTasks(Plugin):
         """Long-poll fallback for clients without the event stream: returns when done or after ``timeout``."""
         session = self._session(request)
         body = await request.json() if (await request.body()) else {}
-        timeout = min(float(body.get("timeout") or 30), 50)
+        if not isinstance(body, dict):
+            raise PluginError("send {\"uids\": [...], \"timeout\": seconds}", 422)
+        try:
+            timeout = min(check_number(float(body.get("timeout") or 30), "timeout", MAX_TIMEOUT), 50)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PluginError(f"timeout: {exc}", 422) from exc
         done = await session.wait(body.get("uids"), timeout)
         return {"done": done}
 

@@ -7,14 +7,14 @@ its own configuration) execute Isthmus chunks without a per-task round trip.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from ..worker import run_chunk
 from . import Backend
+from .local import worker_pool
 
 
 def available() -> bool:
@@ -41,7 +41,7 @@ class RhapsodyBackend(Backend):
         from rhapsody.backends import ConcurrentExecutionBackend
 
         if self.kind == "concurrent":
-            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+            pool = await asyncio.to_thread(worker_pool, self.workers)  # workers die with the edge, hold no secrets
             backend = await ConcurrentExecutionBackend(pool)
         else:
             backend = rhapsody.get_backend(self.kind)
