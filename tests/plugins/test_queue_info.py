@@ -14,6 +14,7 @@ from isthmus import schedulers
 from isthmus.plugins.queue_info.cache import SharedCache
 from isthmus.plugins.queue_info.config import QueueInfoConfig
 from isthmus.plugins.queue_info.plugin import PluginQueueInfo, allocation_from_env
+from isthmus.plugins.queue_info.submitters import executors_for, submitter
 from isthmus.schedulers.pbs import PBSPro, parse_pbsnodes_json, parse_qstat_json, parse_queues_json
 
 DATA = Path(__file__).parents[1] / "data" / "pbs"
@@ -143,8 +144,44 @@ def test_allocation_from_env(tmp_path) -> None:
     assert pbs["nodes"] == ["n001", "n002"] and pbs["partition"] == "workq"
 
 
+def test_only_scheduler_executors_name_scheduler_jobs(tmp_path) -> None:
+    for local in ("local", "none", "simulated"):
+        assert executors_for(local) == ()
+    assert executors_for("slurm") == ("slurm",) and set(executors_for("pbs")) == {"pbs", "pbspro"}
+    assert submitter(tmp_path / "missing.sqlite", "1", ("slurm",)) is None
+    (tmp_path / "broken.sqlite").write_text("not a database")
+    assert submitter(tmp_path / "broken.sqlite", "1", ("slurm",)) is None
+
+
+def test_psij_records_are_found_beside_psij(tmp_path, monkeypatch) -> None:
+    from isthmus.config import AppConfig
+    from isthmus.host import PluginHost
+    from isthmus.sdk.registry import registry
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    alone = PluginHost(AppConfig(state_dir=tmp_path / "state"), ["queue_info"], name="t")
+    alone.load()
+    assert alone.records["queue_info"].plugin._psij_database() == tmp_path / "state" / "psij" / "jobs.sqlite"
+    both = PluginHost(AppConfig(state_dir=tmp_path / "state2",
+                                plugins={"psij": {"state_dir": str(tmp_path / "elsewhere")}}),
+                      ["psij", "queue_info"], name="t")
+    both.load()
+    psij = both.records["psij"].plugin
+    try:
+        assert both.records["queue_info"].plugin._psij_database() == psij.store.path == \
+            tmp_path / "elsewhere" / "jobs.sqlite"
+    finally:
+        psij.store.close()
+        for name in ("psij", "queue_info"):
+            registry.unregister(name)
+    configured = PluginQueueInfo(FastAPI())
+    configured.config = QueueInfoConfig(psij_database=str(tmp_path / "x.sqlite"))
+    assert configured._psij_database() == tmp_path / "x.sqlite"
+
+
 def test_config_contract() -> None:
     assert QueueInfoConfig().cache_ttl == 10.0 and QueueInfoConfig().prefetch is True
+    assert QueueInfoConfig().psij_database is None
     with pytest.raises(ValueError):
         QueueInfoConfig(cache_ttl=-1)
     with pytest.raises(ValueError):

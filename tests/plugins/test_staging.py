@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -16,7 +17,9 @@ from starlette.testclient import TestClient
 
 from isthmus import ClientError
 from isthmus.plugins.staging.config import StagingConfig
+from isthmus.plugins.staging.owners import OwnerStore
 from isthmus.plugins.staging.plugin import PluginStaging, partial_of
+from isthmus.plugins.staging.sandbox import names_directory
 from isthmus.testing.stack import Stack, poll_for
 
 
@@ -47,14 +50,16 @@ def local(tmp_path, monkeypatch):
     outside.mkdir()
     (outside / "secret").write_text("top secret")
     monkeypatch.setenv("ISTHMUS_PLUGINS__STAGING__ROOTS", f"[{root}]")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     app = FastAPI()
     PluginStaging.config_model  # noqa: B018 - config comes from the env only inside a host; set it here
     plugin = PluginStaging(app)
-    plugin.config = StagingConfig(roots=[str(root)])
+    plugin.config = StagingConfig(roots=[str(root)], state_dir=str(tmp_path / "state" / "staging"))
     plugin.sandbox = plugin._sandbox(plugin.config)
     client = TestClient(app)
     sid = client.post("/staging/register_session").json()["sid"]
-    return client, sid, root, outside
+    yield client, sid, root, outside
+    asyncio.run(plugin.on_shutdown())
 
 
 def upload(client, sid, path, data: bytes, overwrite=False, offset=0):
@@ -153,8 +158,44 @@ def test_mkdir_stat_remove(local) -> None:
     assert client.post(f"/staging/remove/{sid}", json={"path": str(root / "nope")}).status_code == 404
 
 
+def test_owner_store_prefixes_do_not_bleed(tmp_path) -> None:
+    store = OwnerStore(tmp_path / "owners.sqlite")
+    r = Path("/r")
+    store.claim(r / "a1" / "x", "alice", "file")
+    store.claim(r / "a10" / "y", "bob", "file")
+    store.claim(r / "a1-z", "bob", "file")
+    store.claim(r / "a1.d" / "w", "bob", "file")
+    assert store.owns_below(r / "a1", "alice") and not store.owns_below(r / "a1", "bob")
+    assert store.names_leading_to(r, "bob") == {"a10", "a1-z", "a1.d"}
+    assert store.children(r) == {"a1-z": "bob"} and store.record(r / "a1" / "x") == ("alice", "file")
+    store.forget(r / "a1", below=True)
+    assert store.owner(r / "a1" / "x") is None and store.owner(r / "a10" / "y") == "bob"
+    store.restore(r / "a1-z", None)
+    assert store.owner(r / "a1-z") is None
+    store.close()
+
+
+def test_directory_spellings() -> None:
+    for path in ("/a/", "/a/.", ".", "~", "~/", "~root", "x/"):
+        assert names_directory(path), path
+    for path in ("/a/b", "~/f", "a.", "./f", "a/.b"):
+        assert not names_directory(path), path
+
+
+def test_file_operations_refuse_the_root(local) -> None:
+    client, sid, root, _ = local
+    resp = upload(client, sid, root, b"x", overwrite=True)
+    assert resp.status_code == 422 and "allowed root" in resp.json()["detail"]
+    assert not partial_of(root).exists()
+    assert client.post(f"/staging/commit/{sid}", json={"path": str(root), "size": 1}).status_code == 422
+    assert client.post(f"/staging/abort/{sid}", json={"path": str(root)}).status_code == 422
+    assert client.post(f"/staging/remove/{sid}", json={"path": str(root)}).status_code == 403 and root.is_dir()
+    assert client.get(f"/staging/download/{sid}", params={"path": ""}).status_code == 422
+
+
 def test_config_contract() -> None:
     assert StagingConfig().roots is None and StagingConfig().allow_dot_dirs == []
+    assert StagingConfig().shared_read is False and StagingConfig().state_dir is None
     for bad in ({"chunk_size": 1}, {"root": "/"}, {"max_file_size": 0}):
         with pytest.raises(ValidationError):
             StagingConfig.model_validate(bad)

@@ -1,4 +1,11 @@
-"""queue_info: partitions/queues with free counts, jobs, allocations, cancel — from the scheduler layer."""
+"""queue_info: partitions/queues with free counts, jobs, allocations, cancel — from the scheduler layer.
+
+Cancel rule: every principal acts as the edge's one Unix user, so "the job is the edge
+user's" says nothing about *which* principal it belongs to. A principal may cancel a
+scheduler job only when the psij plugin recorded that principal as its submitter
+(``submitters.py``); admins may cancel any of the edge user's jobs; in-process callers
+(no principal) are trusted.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,13 @@ import asyncio
 import getpass
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 
 from ... import schedulers
+from ...config import default_state_dir, load_plugin_config
 from ...errors import PluginError, SchedulerError
 from ...schedulers.hostlist import expand
 from ...sdk.menu import MenuItem, MenuSection
@@ -19,6 +28,7 @@ from ...sdk.session import PluginSession
 from ...types import Role
 from .cache import SharedCache
 from .config import QueueInfoConfig
+from .submitters import PSIJ_DB, executors_for, submitter
 
 log = logging.getLogger("isthmus.plugins.queue_info")
 ALL_USERS = "*"
@@ -53,7 +63,7 @@ class QueueInfoSession(PluginSession):
 class PluginQueueInfo(Plugin):
     plugin_name = "queue_info"
     title = "Queues"
-    description = "Partitions and queues with free capacity, jobs, allocations; cancel your jobs."
+    description = "Partitions and queues with free capacity, jobs, allocations; cancel jobs you submitted."
     version = "0.1.0"
     ui_module = "ui.js"
     session_class = QueueInfoSession
@@ -183,7 +193,35 @@ class PluginQueueInfo(Plugin):
         return {"user": who, "allocations": await self._call(("alloc", system.name, who), fetch,
                                                               self._force(request))}
 
+    def _psij_database(self) -> Path:
+        """Where psij keeps its job records: configured, else the running psij plugin's, else psij's default."""
+        if self.config.psij_database:
+            return Path(self.config.psij_database).expanduser()
+        host = self.host
+        if host is None:
+            return default_state_dir() / "psij" / PSIJ_DB
+        for plugin in host.active():
+            store_path = getattr(getattr(plugin, "store", None), "path", None)
+            if type(plugin).key() == "psij" and store_path:
+                return Path(store_path)
+        try:
+            from ..psij.config import PsijConfig
+
+            psij_config, _ = load_plugin_config("psij", PsijConfig, host.app_config, host.environ)
+            state_dir = getattr(psij_config, "state_dir", None)
+        except Exception as exc:  # noqa: BLE001 - no readable psij config: its default place
+            log.debug("psij config unreadable (%s); using its default state directory", exc)
+            state_dir = None
+        if state_dir:
+            return Path(state_dir).expanduser() / PSIJ_DB
+        return host.app_config.resolved_state_dir() / "psij" / PSIJ_DB
+
+    def submitter(self, system: schedulers.BatchSystem, job_id: str) -> str | None:
+        """The principal id that submitted scheduler job ``job_id`` through Isthmus (None: no record)."""
+        return submitter(self._psij_database(), job_id, executors_for(system.psij_executor))
+
     async def cancel_job(self, request: Request) -> dict[str, Any]:
+        """Cancel a job the caller submitted through Isthmus (admins: any job of the edge's user)."""
         self._get_session(request.path_params["sid"])
         self.require_role(Role.user)
         body = await request.json()
@@ -191,6 +229,12 @@ class PluginQueueInfo(Plugin):
         if not job_id:
             raise PluginError("cancel_job needs {\"job_id\": ...}", 422)
         system = self._scheduler()
+        who = self.principal()
+        if who is not None and not who.is_admin:
+            owner = await asyncio.to_thread(self.submitter, system, job_id)
+            if owner != who.id:
+                raise PluginError(f"job {job_id} was not submitted through Isthmus by you; only the principal "
+                                  "that submitted it (through the psij plugin) or an admin may cancel it", 403)
         try:
             job = await system.job(job_id)
         except SchedulerError as exc:
