@@ -1,7 +1,9 @@
 """The bridge's own REST API (FastAPI): edges, menu, login, terminate.
 
 The principal was resolved by the dispatcher in ``app.py`` and sits in
-``request.state.principal``; these routes only check roles.
+``request.state.principal``; these routes only check roles. There is no ``/api/docs``:
+Swagger UI would come from a public CDN (no copy is installed), so only the OpenAPI
+document is served, at ``/api/openapi.json``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from ..types import Principal, Role
-from .auth import COOKIE_NAME
+from .auth import COOKIE_NAME, same_origin
 
 if TYPE_CHECKING:
     from .app import Bridge
@@ -36,11 +40,36 @@ class Login(BaseModel):
     token: str
 
 
-def build_api(bridge: Bridge) -> FastAPI:
-    api = FastAPI(title="Isthmus bridge", version="0.1.0", docs_url="/api/docs",
-                  openapi_url="/api/openapi.json", redoc_url=None)
+LOGIN_BODY = 'the body must be JSON: {"token": "<token>"}'
 
-    @api.api_route("/edge/list", methods=["GET", "POST"])
+
+def _without_input(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Validation errors as ``type, loc, msg`` only: FastAPI's ``input`` and ``ctx`` repeat what
+    was sent, which may be a credential (a token sent where a string was expected...)."""
+    out = []
+    for error in exc.errors():
+        loc = [part for part in error.get("loc", ()) if isinstance(part, (str, int))]
+        out.append({"type": str(error.get("type", "")), "loc": loc, "msg": str(error.get("msg", ""))})
+    return out
+
+
+def refuse_cross_site(request: Request) -> None:
+    """403 for a browser request sent by another site (the same check app.py makes for
+    cookie-authenticated writes); used on the routes that need no credentials."""
+    if not same_origin(request.scope["headers"]):
+        raise HTTPException(403, "cross-site request refused")
+
+
+def build_api(bridge: Bridge) -> FastAPI:
+    api = FastAPI(title="Isthmus bridge", version="0.1.0", docs_url=None, redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None, openapi_url="/api/openapi.json")
+
+    @api.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _without_input(exc)}, status_code=422)
+
+    @api.get("/edge/list", operation_id="edge_list")
+    @api.post("/edge/list", operation_id="edge_list_post")  # one id per method: OpenAPI needs them unique
     async def edge_list(request: Request) -> dict[str, Any]:
         """Every connected edge (and ``bridge`` for bridge-hosted plugins) with its plugins."""
         principal_of(request)
@@ -78,9 +107,19 @@ def build_api(bridge: Bridge) -> FastAPI:
         principal = principal_of(request)
         return {"name": principal.name, "role": principal.role.name}
 
-    @api.post("/auth/login")
-    async def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
-        """Exchange a token for an HttpOnly session cookie (the Explorer's login)."""
+    @api.post("/auth/login", openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": Login.model_json_schema()}}}})
+    async def login(request: Request, response: Response) -> dict[str, Any]:
+        """Exchange a token for an HttpOnly session cookie (the Explorer's login).
+
+        The body is parsed here, not by FastAPI, so no error ever repeats what was sent;
+        another site may not log a browser in (login CSRF).
+        """
+        refuse_cross_site(request)
+        try:
+            body = Login.model_validate_json(await request.body())
+        except ValidationError:
+            raise HTTPException(422, LOGIN_BODY) from None
         principal = bridge.tokens.client(body.token)
         if principal is None:
             raise HTTPException(401, "that token is not valid here")
@@ -89,8 +128,11 @@ def build_api(bridge: Bridge) -> FastAPI:
         return {"name": principal.name, "role": principal.role.name}
 
     @api.post("/auth/logout")
-    async def logout(response: Response) -> dict[str, Any]:
-        response.delete_cookie(COOKIE_NAME, path="/")
+    async def logout(request: Request, response: Response) -> dict[str, Any]:
+        """Clear the session cookie; only the bridge's own pages (or non-browser clients) may."""
+        refuse_cross_site(request)
+        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
+                               secure=bridge.settings.tls)
         return {"status": "logged out"}
 
     return api

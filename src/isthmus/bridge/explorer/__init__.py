@@ -1,4 +1,8 @@
-"""The Explorer: a single-page app served from package data (no build step, no CDN)."""
+"""The Explorer: a single-page app served from package data (no build step, no CDN).
+
+Redirects are relative: StaticFiles builds absolute ones from the request's ``Host``
+header, which would send a browser to whatever host a request named.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import importlib.util
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
@@ -59,6 +64,13 @@ async def _serve_module(path: Path, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def relative_slash_redirect(path: str) -> bytes:
+    """``path`` + ``/`` as a Location with no scheme or host, and never ``//`` or ``/\\``
+    (which browsers read as another host): only the bridge's own pages are redirected to."""
+    clean = "/" + path.replace("\\", "/").lstrip("/")
+    return quote(clean.rstrip("/") + "/", safe="/").encode("ascii")
+
+
 def build_explorer(bridge: Bridge) -> Any:
     files = StaticFiles(directory=STATIC, html=True)
 
@@ -76,7 +88,11 @@ def build_explorer(bridge: Bridge) -> Any:
             return
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                headers = message.get("headers", [])
+                if 300 <= message["status"] < 400:  # StaticFiles' "add a slash" redirect
+                    headers = [(k, v) for k, v in headers if k.lower() != b"location"]
+                    headers.append((b"location", relative_slash_redirect(scope["path"])))
+                message = {**message, "headers": [*headers, *SECURITY_HEADERS]}
             await send(message)
 
         inner = dict(scope)

@@ -59,6 +59,58 @@ export async function requestJson(path, options = {}) {
   return data;
 }
 
+// -- where requests may go ------------------------------------------------------------------
+// An edge's manifest and answers are data from another machine: they decide nothing about
+// where the Explorer sends the admin's cookie. Endpoints from ui_config follow the rules of
+// isthmus.sdk.ui.endpoint_problem (the same rules, checked by the bridge and the edge too),
+// and every plugin request is checked to resolve inside /{edge}/{plugin}/.
+
+const MAX_ENDPOINT = 512;
+const SID_RE = /^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$/;
+const METHODS = new Set(['GET', 'POST', 'PUT', 'DELETE']);
+
+function dotSegment(segment) {
+  return segment.length <= 6 && ['.', '..'].includes(segment.toLowerCase().replaceAll('%2e', '.'));
+}
+
+// Why `endpoint` may not be joined to /{edge}/{plugin}/, or null when it may.
+export function endpointProblem(endpoint) {
+  if (typeof endpoint !== 'string') return `is not a string (${endpoint === null ? 'null' : typeof endpoint})`;
+  if (!endpoint) return 'is empty';
+  if ([...endpoint].length > MAX_ENDPOINT) return `is longer than ${MAX_ENDPOINT} characters`;
+  for (const ch of endpoint) {
+    const code = ch.codePointAt(0);
+    if (code <= 0x20 || code === 0x7f) return 'contains a space or control character';
+  }
+  if (endpoint.includes('\\')) return 'contains a backslash';
+  const path = endpoint.replaceAll('{sid}', 'sid').split('?')[0].split('#')[0];
+  const lower = path.toLowerCase();
+  if (lower.includes('%2f') || lower.includes('%5c')) return "contains an encoded '/' or '\\'";
+  if (path.startsWith('/')) return "must be relative to the plugin (no leading '/')";
+  const segments = path.split('/');
+  if (segments[0].includes(':')) return "looks like a URL with a scheme (':' in the first segment)";
+  if (segments.some(dotSegment)) return "contains a '.' or '..' segment";
+  return null;
+}
+
+// The same-origin path of `path` inside /{edge}/{plugin}/, as the browser will resolve it;
+// throws when it would land anywhere else (../, %2e%2e, a backslash, another origin).
+export function pluginUrl(edge, plugin, path = '') {
+  const base = `/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}/`;
+  const url = new URL(base + String(path), location.origin);
+  if (url.origin !== location.origin || !url.pathname.startsWith(base)) {
+    throw new Error(`refused: ${JSON.stringify(String(path))} leaves ${base}`);
+  }
+  return url.pathname + url.search;
+}
+
+// `template` (an endpoint from ui_config) with {sid} filled in, or an Error saying why not.
+function fillEndpoint(template, sid) {
+  const why = endpointProblem(template);
+  if (why) throw new Error(`refused endpoint ${JSON.stringify(String(template))}: ${why}`);
+  return template.replaceAll('{sid}', encodeURIComponent(sid ?? ''));
+}
+
 // -- UI helpers -----------------------------------------------------------------------------
 
 export function flash(message, ok = true) {
@@ -99,8 +151,11 @@ function noteEvent(text) {
 async function getSession(edge, plugin) {
   const key = `${edge}/${plugin}`;
   if (!state.sessions.has(key)) {
-    const promise = requestJson(`/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}/register_session`,
-      { method: 'POST', body: {} }).then(d => d.sid);
+    const promise = requestJson(pluginUrl(edge, plugin, 'register_session'), { method: 'POST', body: {} })
+      .then(d => {  // the sid goes into URLs: a plain token, never a path
+        if (typeof d?.sid !== 'string' || !SID_RE.test(d.sid)) throw new Error(`${edge}/${plugin} answered an invalid session id`);
+        return d.sid;
+      });
     state.sessions.set(key, promise);
     promise.catch(() => state.sessions.delete(key));
   }
@@ -118,14 +173,14 @@ async function disconnectEdge(edge, event) {
 }
 
 export function makeApi(edge, plugin) {
-  const base = `/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}/`;
   return {
     edgeName: edge,
     pluginName: plugin,
     bridgeUrl: location.origin,
     getSession: (name = plugin) => getSession(edge, name),
-    fetch: (path, options) => requestJson(base + path, options),
-    fetchRaw: (path, options) => request(base + path, options),
+    // async, so a refused path is a rejected promise like any other failed request
+    fetch: async (path, options) => requestJson(pluginUrl(edge, plugin, path), options),
+    fetchRaw: async (path, options) => request(pluginUrl(edge, plugin, path), options),
     flash,
     escHtml: esc,
     showOverlay,
@@ -415,7 +470,9 @@ function generatedPage(edge, plugin, manifest) {
       inputs.push([field, input]);
       if (field.type === 'hidden') { card.append(input); continue; }
       grid.append(el('label', { for: id, text: field.label || field.name }), input);
-      if (field.options_endpoint) {
+      if (field.options_endpoint !== undefined && field.options_endpoint !== null) {
+        const why = endpointProblem(field.options_endpoint);
+        if (why) { grid.append(refusal(`options of ${field.name}`, field.options_endpoint, why)); continue; }
         api.fetch(field.options_endpoint).then(options => {
           const list = Array.isArray(options) ? options : Object.values(options || {}).find(Array.isArray) || [];
           input.replaceChildren(...list.map(o => el('option', { value: o.value ?? o.name ?? o, text: o.label ?? o.name ?? o })));
@@ -424,9 +481,16 @@ function generatedPage(edge, plugin, manifest) {
     }
     const result = el('pre', { class: 'result hidden' });
     const submit = form.submit || {};
-    card.append(grid, el('p', {}, el('button', { type: 'submit', class: submit.style || 'primary', text: submit.label || 'Submit' })), result);
+    const template = submit.endpoint || `${form.id}/{sid}`;
+    const method = String(submit.method || 'POST').toUpperCase();
+    const why = endpointProblem(template) || (METHODS.has(method) ? null : `uses the method ${method}`);
+    const button = el('button', { type: 'submit', class: submit.style || 'primary', text: submit.label || 'Submit',
+      disabled: !!why });
+    card.append(grid, el('p', {}, button), result);
+    if (why) card.append(refusal(`the ${form.id} form's endpoint`, template, why));
     card.addEventListener('submit', async event => {
       event.preventDefault();
+      if (why) { flash(`Refused: the endpoint ${why}`, false); return; }
       try {
         const values = {};
         for (const [field, input] of inputs) {
@@ -434,8 +498,7 @@ function generatedPage(edge, plugin, manifest) {
           if (value !== undefined) values[field.name] = value;
         }
         const sid = await api.getSession();
-        const endpoint = (submit.endpoint || `${form.id}/{sid}`).replace('{sid}', sid);
-        const method = submit.method || 'POST';
+        const endpoint = fillEndpoint(template, sid);
         const query = method === 'GET' ? '?' + new URLSearchParams(values).toString() : '';
         const data = await api.fetch(endpoint + query, method === 'GET' ? { method } : { method, body: values });
         result.classList.remove('hidden');
@@ -460,12 +523,14 @@ function generatedPage(edge, plugin, manifest) {
       body.append(el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'Id' }), el('th', { text: 'State' }))), taskTable));
       if (monitor.empty_text) body.append(el('p', { class: 'hint', text: monitor.empty_text }));
     }
-    if (!monitor.endpoint) continue;
+    if (monitor.endpoint === undefined || monitor.endpoint === null || monitor.endpoint === '') continue;
+    const why = endpointProblem(monitor.endpoint);
+    if (why) { body.append(refusal('this monitor\'s endpoint', monitor.endpoint, why)); continue; }
     const history = [];
     const load = async () => {
       try {
         const sid = monitor.endpoint.includes('{sid}') ? await api.getSession() : '';
-        const data = await api.fetch(monitor.endpoint.replace('{sid}', sid));
+        const data = await api.fetch(fillEndpoint(monitor.endpoint, sid));
         renderMonitor(monitor, body, data, history, upsert);
       } catch (err) { body.replaceChildren(el('p', { class: 'field-error', text: err.message })); }
     };
@@ -484,6 +549,12 @@ function generatedPage(edge, plugin, manifest) {
       if (n.topic === `${notif.topic}_batch`) (n.data.tasks || []).forEach(upsert);
     },
   };
+}
+
+// Shown in place of a form or monitor whose endpoint would leave the plugin's namespace.
+function refusal(what, endpoint, why) {
+  return el('p', { class: 'field-error refused', 'data-refused': String(endpoint).slice(0, 200),
+    text: `Refused ${what} ${JSON.stringify(String(endpoint).slice(0, 200))}: it ${why}.` });
 }
 
 function firstArray(data) {
@@ -540,7 +611,13 @@ export function drawChart(canvas, history, keys) {
 // -- admin: plugin configuration ----------------------------------------------------------------
 
 async function renderConfig(main, edge, plugin) {
-  const base = `/${encodeURIComponent(edge)}/_edge/plugins/${encodeURIComponent(plugin)}/config`;
+  // only a plugin this edge announced as configurable, and only its own config route
+  const path = `plugins/${encodeURIComponent(plugin)}/config`;
+  if (!state.edges[edge]?.plugins?.[plugin]?.configurable || endpointProblem(path)) {
+    main.replaceChildren(el('p', { class: 'field-error', text: `No configurable plugin ${plugin} on edge ${edge}.` }));
+    return;
+  }
+  const base = pluginUrl(edge, '_edge', path);
   let cfg;
   try { cfg = await requestJson(base); } catch (err) { main.replaceChildren(el('p', { class: 'field-error', text: err.message })); return; }
   const props = cfg.schema?.properties || {};
