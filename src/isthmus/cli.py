@@ -54,6 +54,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def take_secret(env_name: str, file_path: str | None = None) -> str | None:
+    """A secret from ``file_path`` (or ``$<env_name>_FILE``), else from ``$<env_name>``.
+
+    The variables are removed from this process's environment once read, so nothing it
+    starts (jobs, tasks, schedulers) inherits them. A secret file must be a regular file
+    that only its owner can read or write (mode 600 or stricter).
+    """
+    file_path = file_path or os.environ.get(env_name + "_FILE")
+    value = os.environ.pop(env_name, None)
+    os.environ.pop(env_name + "_FILE", None)
+    if not file_path:
+        return value or None
+    path = Path(file_path).expanduser()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        typer.echo(f"error: cannot read the secret file {path}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from exc
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_mode & 0o077 or not os.path.isfile(path):
+            typer.echo(f"error: {path} is readable or writable by others (mode {st.st_mode & 0o777:o}); "
+                       f"run 'chmod 600 {path}'", err=True)
+            raise typer.Exit(2)
+        secret = fh.read().strip()
+    if not secret:
+        typer.echo(f"error: the secret file {path} is empty", err=True)
+        raise typer.Exit(2)
+    return secret
+
+
+def protect_process() -> None:
+    """Make this process non-dumpable (Linux), so that the jobs it starts under the same
+    account cannot read its memory or ``/proc/<pid>/environ`` (where secrets were)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        pr_set_dumpable = 4
+        ctypes.CDLL(name, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_DUMPABLE) is not available")
+
+
 def _plugins(value: str | None) -> list[str] | None:
     return [p.strip() for p in value.split(",") if p.strip()] if value else None
 
@@ -64,12 +111,19 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
                     level: str, loop: str) -> Any:
     import uvicorn
 
+    from .bridge import server
     from .protocol import MAX_MESSAGE
 
-    return uvicorn.Config(bridge, host=host, port=port, lifespan="on", loop=loop, http="httptools",
-                          ws="websockets-sansio", ws_max_size=MAX_MESSAGE, ws_ping_interval=20.0,
+    settings = bridge.settings
+    server.LIMITS.max_header_bytes = settings.max_header_bytes
+    server.LIMITS.header_timeout = settings.header_timeout
+    server.LIMITS.body_timeout = settings.body_timeout
+    server.LIMITS.preauth_per_address = settings.preauth_per_address
+    server.tune_malloc()
+    return uvicorn.Config(bridge, host=host, port=port, lifespan="on", loop=loop, http=server.GuardedHttp,
+                          ws=server.GuardedWebSocket, ws_max_size=MAX_MESSAGE, ws_ping_interval=20.0,
                           ws_ping_timeout=20.0, log_level=level.lower(), access_log=False,
-                          ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
+                          ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=settings.idle_timeout,
                           proxy_headers=False, server_header=False)
 
 
@@ -118,13 +172,15 @@ def bridge(
     """Run the bridge: the public REST API, event stream and Explorer that edges dial into.
 
     Environment: ISTHMUS_ADMIN_TOKEN (an admin client token), ISTHMUS_EDGE_TOKEN (an edge
-    enrolment token).
+    enrolment token); each may instead name a mode-600 file in ISTHMUS_ADMIN_TOKEN_FILE /
+    ISTHMUS_EDGE_TOKEN_FILE. Both are removed from the environment once read.
     """
     _setup_logging(log_level)
     _check_transport(host, tls_cert, tls_key, allow_insecure_http)
     app_config = _config(config)
-    the_bridge = make_bridge(app_config, admin_token=os.environ.get("ISTHMUS_ADMIN_TOKEN"),
-                             edge_token=os.environ.get("ISTHMUS_EDGE_TOKEN"), tokens_file=tokens_file,
+    protect_process()
+    the_bridge = make_bridge(app_config, admin_token=take_secret("ISTHMUS_ADMIN_TOKEN"),
+                             edge_token=take_secret("ISTHMUS_EDGE_TOKEN"), tokens_file=tokens_file,
                              plugins=_plugins(plugins), tls=bool(tls_cert),
                              request_timeout=request_timeout, max_body=max_body)
     if not the_bridge.tokens.has_client_tokens:
@@ -206,18 +262,25 @@ def edge(
     config: ConfigOpt = None,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle to verify a wss:// bridge.")] = None,
     allow_insecure_http: Annotated[bool, typer.Option(help="Allow ws:// to a non-loopback bridge.")] = False,
+    token_file: Annotated[str | None, typer.Option(help="File (mode 600) holding the enrolment token "
+                                                   "(default $ISTHMUS_EDGE_TOKEN_FILE, else "
+                                                   "$ISTHMUS_EDGE_TOKEN).")] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Run an edge: dial out to the bridge and host plugins.
 
-    Environment: ISTHMUS_EDGE_TOKEN (the enrolment token the bridge accepts).
+    Environment: ISTHMUS_EDGE_TOKEN (the enrolment token the bridge accepts) or
+    ISTHMUS_EDGE_TOKEN_FILE (a mode-600 file holding it). The edge removes both from its
+    environment once read, so jobs and tasks never inherit them.
     """
     _setup_logging(log_level)
     url = _ws_url(bridge, allow_insecure_http)
     app_config = _config(config)
-    token = os.environ.get("ISTHMUS_EDGE_TOKEN")
+    token = take_secret("ISTHMUS_EDGE_TOKEN", token_file)
+    protect_process()
     if not token:
-        log.warning("ISTHMUS_EDGE_TOKEN is not set; the bridge will refuse this edge")
+        log.warning("no enrolment token (--token-file, ISTHMUS_EDGE_TOKEN_FILE or ISTHMUS_EDGE_TOKEN); "
+                    "the bridge will refuse this edge")
     host, service = build_edge(app_config, name, url, token, _plugins(plugins), ca_file=ca_file)
     watch = [app_config.path, app_config.config_dir / "plugins"] if app_config.path else []
     _run_fast(_edge_main(host, service, [p for p in watch if p]))
@@ -240,8 +303,9 @@ def _run_fast(coro: Any) -> None:
 # -- demo -------------------------------------------------------------------------------------
 
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
-    # The demo runs jobs anywhere on this laptop: no allow-list (documented in operations.md).
+    # The demo runs jobs and tasks anywhere on this laptop: no allow-list (documented in operations.md).
     "psij": {"allow_any_executable": True},
+    "tasks": {"allow_any_executable": True},
 }
 
 
@@ -260,7 +324,8 @@ def demo(
     if app_config.scheduler == "auto":
         app_config.scheduler = "simulated"
     app_config.plugins.setdefault("simulator", {}).setdefault("enabled", True)
-    admin_token = os.environ.get("ISTHMUS_ADMIN_TOKEN") or "ist_" + secrets.token_urlsafe(24)
+    admin_token = take_secret("ISTHMUS_ADMIN_TOKEN") or "ist_" + secrets.token_urlsafe(24)
+    protect_process()
     edge_token = secrets.token_urlsafe(24)
     the_bridge = make_bridge(app_config, admin_token=admin_token, edge_token=edge_token,
                              tokens_file=None, plugins=None, tls=False)
@@ -309,8 +374,12 @@ async def _demo_main(the_bridge: Any, edge_host: Any, service: Any, host: str, p
 @token_app.command("create")
 def token_create(
     role: Annotated[str, typer.Option(help="viewer (read only), user (use plugins), admin, or edge (enrolment).")],
-    name: Annotated[str | None, typer.Option(help="Who the token is for (shown in logs and whoami).")] = None,
+    name: Annotated[str | None, typer.Option(help="Who the token is for (shown in logs and whoami; "
+                                              "a unique default when omitted).")] = None,
     edge: Annotated[str | None, typer.Option(help="For --role edge: edge name or glob it may register as.")] = None,
+    principal: Annotated[str | None, typer.Option(help="Identity that owns jobs, files and sessions "
+                                                   "(default: this token alone). Give a new token "
+                                                   "the principal of an old one to rotate it.")] = None,
     tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -322,7 +391,7 @@ def token_create(
         typer.echo("error: --role must be viewer, user, admin or edge", err=True)
         raise typer.Exit(2)
     path = tokens_path(_config(config), tokens_file)
-    token, entry = create_token(path, role, name=name, edge=edge)
+    token, entry = create_token(path, role, name=name, edge=edge, principal=principal)
     typer.echo(f"created {entry['id']} ({role}) in {path}", err=True)
     typer.echo(token)
 
@@ -339,6 +408,8 @@ def token_list(
     for entry in read_entries(tokens_path(_config(config), tokens_file)):
         state = "revoked" if entry.get("revoked") else "active"
         extra = f" edge={entry['edge']}" if entry.get("edge") else ""
+        if entry.get("principal"):
+            extra += f" principal={entry['principal']}"
         typer.echo(f"{entry['id']}\t{entry['role']}\t{entry.get('name', '')}\t{state}{extra}")
 
 

@@ -93,8 +93,20 @@ def find_config(explicit: str | Path | None) -> Path | None:
         return path.resolve()
     for candidate in (Path.cwd() / CONFIG_NAME, user_config_dir() / CONFIG_NAME):
         if candidate.is_file():
+            check_trusted(candidate)
             return candidate.resolve()
     return None
+
+
+def check_trusted(path: Path) -> None:
+    """Refuse a config file found by looking (not named with --config) that someone else
+    could have planted or edited: it can name the token file and plugins to load."""
+    st = path.stat()
+    uid = os.getuid()
+    if st.st_uid != uid or st.st_mode & 0o022:
+        why = "is owned by another user" if st.st_uid != uid else "is writable by group or others"
+        raise ConfigError(f"found {path} but it {why}, so it is not trusted; fix its owner/mode "
+                          f"(chmod go-w) or name the file you mean with --config", file=str(path))
 
 
 def load_app_config(explicit: str | Path | None = None) -> AppConfig:

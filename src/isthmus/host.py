@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from .config import AppConfig, ConfigSources, load_plugin_config, plugin_enabled
 from .errors import ConfigError
-from .sdk.plugin import NotifySink, Plugin, PluginContext, construct
+from .sdk.plugin import BAD_INPUT, NotifySink, Plugin, PluginContext, construct, error_response
 from .sdk.registry import entry_points, is_import_spec, load_class, registry
 
 log = logging.getLogger("isthmus.host")
@@ -30,6 +30,9 @@ BUILTIN_DEFAULT_OFF = frozenset({"simulator"})
 SHUTDOWN_WAIT = 10.0
 REAP_INTERVAL = 60.0
 RESERVED_PREFIX = "_"
+
+def _bad_input(request: Any, exc: Exception) -> Any:
+    return error_response(exc)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class PluginHost:
         self.overrides = dict(overrides or {})  # plugin id -> values layered under env (demo)
         self.app = FastAPI(title=f"isthmus {name}", docs_url=None, redoc_url=None, openapi_url=None)
         self.app.state.isthmus_host = self
+        for exc_type in BAD_INPUT:  # the host's own routes map bad input as plugin routes do
+            self.app.add_exception_handler(exc_type, _bad_input)
         self.records: dict[str, PluginRecord] = {}
         self.topology: dict[str, Any] = {}
         self._requested = requested

@@ -61,6 +61,12 @@ CREDIT_WINDOW = 8
 MESSAGE_TARGET = 4 * 1024 * 1024
 # The largest WebSocket message either side accepts.
 MAX_MESSAGE = 16 * 1024 * 1024
+# The largest message before an edge is enrolled (its hello), and what it may decode to.
+MAX_HELLO = 256 * 1024
+HELLO_CONTAINERS = 20_000
+# Maps and arrays one message from an edge may decode to: a byte of msgpack can become a
+# 64-byte Python dict, so the count, not the message size, bounds the decoded memory.
+MAX_CONTAINERS = 250_000
 
 _packer_opts: dict[str, Any] = {"use_bin_type": True}
 
@@ -69,10 +75,33 @@ def pack(frames: list[dict[str, Any]]) -> bytes:
     return msgpack.packb(frames, **_packer_opts)
 
 
-def unpack(data: bytes) -> list[dict[str, Any]]:
-    """Decode one WebSocket message; anything that is not a list of typed frames is an error."""
+class _TooManyContainers(Exception):
+    pass
+
+
+def unpack(data: bytes, max_containers: int | None = None) -> list[dict[str, Any]]:
+    """Decode one WebSocket message; anything that is not a list of typed frames is an error.
+
+    With ``max_containers`` (messages from edges) decoding stops past that many maps and
+    arrays, so a small message of empty maps cannot cost gigabytes.
+    """
     try:
-        frames = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if max_containers is None:
+            frames = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        else:
+            left = max_containers
+
+            def count(obj: Any) -> Any:
+                nonlocal left
+                left -= 1
+                if left < 0:
+                    raise _TooManyContainers
+                return obj
+
+            frames = msgpack.unpackb(data, raw=False, strict_map_key=False, object_hook=count, list_hook=count,
+                                     max_array_len=max_containers, max_map_len=max_containers)
+    except _TooManyContainers:
+        raise ProtocolError(f"message decodes to more than {max_containers} maps and arrays") from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"undecodable message: {exc}") from exc
     if not isinstance(frames, list):

@@ -31,10 +31,22 @@ class Role(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: travels with every request from the bridge to the edge."""
+    """Who is calling: travels with every request from the bridge to the edge.
+
+    ``id`` is the identity that owns things (sessions, jobs, files, events); ``name`` is
+    only what is shown. Each token has its own id (its token id unless the admin gave
+    several tokens one ``--principal``), so two tokens with the same display name, or a
+    viewer named like a user, never see each other's things. In-process callers that
+    give no id get their name as id.
+    """
 
     name: str
     role: Role
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", self.name)
 
     def can(self, role: Role) -> bool:
         return self.role >= role
@@ -43,15 +55,19 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role >= Role.admin
 
+    def owns(self, owner_id: str | None) -> bool:
+        """May this principal see or act on something owned by ``owner_id``?"""
+        return self.is_admin or owner_id is None or owner_id == self.id
+
     def to_wire(self) -> list[Any]:
-        return [self.name, int(self.role)]
+        return [self.name, int(self.role), self.id]
 
     @classmethod
     def from_wire(cls, value: Any) -> Principal | None:
         if not value:
             return None
-        name, role = value
-        return cls(str(name), Role(int(role)))
+        name, role, *rest = value
+        return cls(str(name), Role(int(role)), str(rest[0]) if rest else "")
 
 
 # The principal of the request being served. Set by the edge (and the bridge for its

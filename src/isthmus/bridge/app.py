@@ -24,10 +24,12 @@ from ..config import AppConfig
 from ..host import PluginHost
 from ..types import Principal, Role, current_principal
 from .api import build_api
-from .auth import TokenStore, credentials, same_origin
+from .auth import TokenStore, credentials, digest, same_origin
+from .bodies import CLOSE, BodyTooLarge, ClientGone, read_body, replay, request_deadline, serve_limited
 from .edges import EdgeRegistry
 from .events import EventBus, serve_events
 from .proxy import forward, respond
+from .server import guard_of
 
 log = logging.getLogger("isthmus.bridge")
 
@@ -35,6 +37,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_SEGMENTS = frozenset({"edge", "menu", "auth", "api", "plugins"})
 PUBLIC_PATHS = frozenset({"/auth/login", "/auth/logout"})
 _HEALTH = orjson.dumps({"status": "ok"})
+
+
+PUBLIC_BODY_MAX = 4096  # what an unauthenticated route may read (a login is ~100 bytes)
+PUBLIC_BODY_TIMEOUT = 10.0
+REVOCATION_CHECK = 0.5  # seconds between looks at the token file for revoked tokens
 
 
 @dataclass
@@ -45,7 +52,14 @@ class BridgeSettings:
     max_body: int = 64 * 1024**3
     tls: bool = False
     event_ring: int = 10_000
+    event_ring_bytes: int = 32 * 1024 * 1024  # the replay ring's budget, whatever the count
+    max_event: int = 1024 * 1024  # the largest notification an edge may publish
     event_queue: int = 8 * 1024 * 1024  # bytes per event-stream client
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: int = 30
+    preauth_per_address: int = 256
 
 
 class Bridge:
@@ -54,8 +68,8 @@ class Bridge:
         self.settings = settings
         self.tokens = tokens
         self.app_config = app_config or AppConfig()
-        self.bus = EventBus(settings.event_ring, settings.event_queue)
-        self.edges = EdgeRegistry(tokens, self.bus, max_body=settings.max_body)
+        self.bus = EventBus(settings.event_ring, settings.event_queue, ring_bytes=settings.event_ring_bytes)
+        self.edges = EdgeRegistry(tokens, self.bus, max_body=settings.max_body, max_event=settings.max_event)
         self.local: PluginHost | None = None
         if plugins:
             self.local = PluginHost(self.app_config, plugins, notify=self._local_notify, name="bridge")
@@ -66,6 +80,7 @@ class Bridge:
         self.explorer: Any = None
         self._exit: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._revocations: asyncio.Task[None] | None = None
         try:
             from .explorer import build_explorer
 
@@ -84,10 +99,27 @@ class Bridge:
 
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._revocations = asyncio.create_task(self._enforce_revocations(), name="revocations")
         if self.local is not None:
             await self.local.startup()
 
+    async def _enforce_revocations(self) -> None:
+        """Close event streams and edge links whose token was revoked (within a second)."""
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK)
+            try:
+                if not self.tokens.refresh():
+                    continue
+                for sub in self.bus.subscriber_list():
+                    if sub.credential is not None and self.tokens.client_by_digest(sub.credential) is None:
+                        sub.close("the token of this stream was revoked")
+                await self.edges.drop_revoked()
+            except Exception:
+                log.exception("checking for revoked tokens failed")
+
     async def shutdown(self) -> None:
+        if self._revocations is not None:
+            self._revocations.cancel()
         for name in list(self.edges.edges):
             edge = self.edges.edges.get(name)
             if edge is not None and edge.closer is not None:
@@ -98,7 +130,7 @@ class Bridge:
     def _local_notify(self, plugin: str, topic: str, data: Any, owner: Principal | None) -> None:
         body = orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
         publish = self.bus.notification
-        args = ("bridge", plugin, topic, body, owner.name if owner else None)
+        args = ("bridge", plugin, topic, body, owner.id if owner else None)
         loop = self._loop
         if loop is None:
             return
@@ -113,9 +145,16 @@ class Bridge:
 
     # -- ASGI -------------------------------------------------------------------------------------
 
-    def authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, bool]:
+    def authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, str | None, bool]:
+        """(principal, the token's digest, from_cookie); marks the connection authenticated."""
         token, from_cookie = credentials(scope["headers"])
-        return self.tokens.client(token), from_cookie
+        principal = self.tokens.client(token)
+        if principal is None:
+            return None, None, from_cookie
+        guard = guard_of(scope)
+        if guard is not None:
+            guard.authenticated()
+        return principal, digest(token) if token else None, from_cookie
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -156,9 +195,9 @@ class Bridge:
             await self.explorer(scope, receive, send)
             return
         if path in PUBLIC_PATHS:
-            await self.api(scope, receive, send)
+            await self._public(scope, receive, send)
             return
-        principal, from_cookie = self.authenticate(scope)
+        principal, credential, from_cookie = self.authenticate(scope)
         if principal is None:
             await respond(send, 401, "authentication required: send 'Authorization: Bearer <token>' "
                                      "(create one with 'isthmus token create')",
@@ -175,7 +214,7 @@ class Bridge:
                 return
         scope.setdefault("state", {})["principal"] = principal
         if first == "events":
-            await serve_events(self.bus, principal, scope, receive, send)
+            await serve_events(self.bus, principal, scope, receive, send, credential=credential)
         elif first in API_SEGMENTS or path == "/bridge/terminate":
             await self.api(scope, receive, send)
         elif first == "bridge":
@@ -193,6 +232,20 @@ class Bridge:
                           rid=next(self.edges.ids), max_body=self.settings.max_body,
                           deadline=self.settings.request_timeout)
 
+    async def _public(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Unauthenticated routes read a few KB at most, within a few seconds, then answer."""
+        try:
+            body = await asyncio.wait_for(read_body(scope, receive, PUBLIC_BODY_MAX), PUBLIC_BODY_TIMEOUT)
+        except BodyTooLarge:
+            await respond(send, 413, f"this route takes at most {PUBLIC_BODY_MAX} bytes", CLOSE)
+            return
+        except TimeoutError:
+            await respond(send, 408, "the request body did not arrive in time", CLOSE)
+            return
+        except ClientGone:
+            return
+        await self.api(scope, replay(body), send)
+
     async def _local_plugin(self, rest: str, scope: dict[str, Any], receive: Any, send: Any,
                             principal: Principal) -> None:
         if self.local is None:
@@ -208,7 +261,8 @@ class Bridge:
         inner["raw_path"] = inner["path"].encode()
         token = current_principal.set(principal)
         try:
-            await self.local.app(inner, receive, send)
+            await serve_limited(self.local.app, inner, receive, send, max_body=self.settings.max_body,
+                                deadline=request_deadline(scope, self.settings.request_timeout))
         finally:
             current_principal.reset(token)
 

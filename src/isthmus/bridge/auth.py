@@ -53,31 +53,37 @@ class TokenStore:
         self._env_clients: dict[str, Principal] = {}
         self._env_edges: dict[str, EdgeGrant] = {}
         if admin_token:
-            self._env_clients[digest(admin_token)] = Principal("admin", Role.admin)
+            self._env_clients[digest(admin_token)] = Principal("admin", Role.admin, "env:admin")
         if edge_token:
             self._env_edges[digest(edge_token)] = EdgeGrant("env", "*")
         self._file_clients: dict[str, Principal] = {}
         self._file_edges: dict[str, EdgeGrant] = {}
-        self._mtime: float | None = None
+        self._mtime: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._refresh(force=True)
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _refresh(self, force: bool = False) -> None:
+    def refresh(self) -> bool:
+        """Re-read the file now if it changed; True when it did (revocations to enforce)."""
+        return self._refresh(force=False, every=0.0)
+
+    def _refresh(self, force: bool = False, every: float = 1.0) -> bool:
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
-            return
+        if not force and now - self._checked < every:
+            return False
         self._checked = now
         if self.path is None:
-            return
+            return False
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
+            changed = self._mtime is not None
             self._file_clients, self._file_edges, self._mtime = {}, {}, None
-            return
+            return changed
+        mtime = (st.st_mtime_ns, st.st_size, st.st_ino)
         if mtime == self._mtime and not force:
-            return
+            return False
         entries = read_entries(self.path)
         clients: dict[str, Principal] = {}
         edges: dict[str, EdgeGrant] = {}
@@ -87,23 +93,28 @@ class TokenStore:
             if entry["role"] == EDGE_ROLE:
                 edges[entry["hash"]] = EdgeGrant(entry["id"], entry.get("edge") or "*")
             else:
-                clients[entry["hash"]] = Principal(entry.get("name") or entry["id"], Role.parse(entry["role"]))
+                clients[entry["hash"]] = Principal(entry.get("name") or entry["id"], Role.parse(entry["role"]),
+                                                   entry.get("principal") or entry["id"])
         self._file_clients, self._file_edges, self._mtime = clients, edges, mtime
+        return True
 
     def client(self, token: str | None) -> Principal | None:
         """The principal a client token stands for, or None."""
         if not token:
             return None
         self._refresh()
-        key = digest(token)
-        found = self._env_clients.get(key) or self._file_clients.get(key)
-        return found
+        return self.client_by_digest(digest(token))
+
+    def client_by_digest(self, key: str) -> Principal | None:
+        return self._env_clients.get(key) or self._file_clients.get(key)
 
     def edge_allowed(self, token: str | None, name: str) -> bool:
         if not token:
             return False
         self._refresh()
-        key = digest(token)
+        return self.edge_allowed_digest(digest(token), name)
+
+    def edge_allowed_digest(self, key: str, name: str) -> bool:
         grant = self._env_edges.get(key) or self._file_edges.get(key)
         return grant is not None and grant.allows(name)
 
@@ -131,28 +142,47 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace the file atomically through a temporary file that is created fresh.
+
+    ``O_EXCL | O_NOFOLLOW`` with a random name: a planted ``tokens.tmp`` (a symlink, or a
+    file with a wide mode) is never written through or reused.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"tokens": entries}, fh, indent=2)
-    os.replace(tmp, path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"tokens": entries}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def create_token(path: Path, role: str, name: str | None = None, edge: str | None = None) -> tuple[str, dict[str, Any]]:
-    """Add a token to the file; returns (the token, shown once; its entry)."""
+def create_token(path: Path, role: str, name: str | None = None, edge: str | None = None,
+                 principal: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Add a token to the file; returns (the token, shown once; its entry).
+
+    Without ``principal`` the token is its own principal (its id), so it owns what it
+    creates alone; give several tokens one ``principal`` to let them share (rotation).
+    """
     if role != EDGE_ROLE:
         Role.parse(role)
     token = new_token()
+    token_id = "tok_" + secrets.token_hex(6)
     entry = {
-        "id": "tok_" + secrets.token_hex(4),
-        "name": name or (f"edge:{edge or '*'}" if role == EDGE_ROLE else role),
+        "id": token_id,
+        "name": name or (f"edge:{edge or '*'}" if role == EDGE_ROLE else f"{role}-{token_id[4:]}"),
         "role": role,
         "hash": digest(token),
         "created": int(time.time()),
     }
     if role == EDGE_ROLE:
         entry["edge"] = edge or "*"
+    elif principal:
+        entry["principal"] = principal
     entries = read_entries(path)
     entries.append(entry)
     _write_entries(path, entries)

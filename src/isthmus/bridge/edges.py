@@ -1,31 +1,41 @@
 """Connected edges: enrolment, the per-edge link, request bookkeeping, topology.
 
 An edge connects to ``/_edge/connect``, sends ``hello`` with its enrolment token and
-plugin manifest, and is welcomed or refused. A second connection under the same name
-with a valid token replaces the first (the old one may be half-open), never the other
-way round.
+plugin manifest, and is welcomed or refused. ``welcome`` hands the edge a per-connection
+key. A second connection under a connected edge's name replaces the first only when it
+shows that key (the same edge reconnecting over a half-open link) or when the first
+fails a heartbeat probe (the edge died); a live edge is never displaced by someone who
+merely holds the enrolment token. Every replacement is logged and shown in /edge/list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from .. import protocol as P
 from ..errors import ProtocolError
 from ..link import Link, LinkClosed
 from ..types import Principal
-from .auth import TokenStore
+from .auth import TokenStore, digest
 from .events import EventBus
+from .server import guard_of
 
 log = logging.getLogger("isthmus.bridge.edges")
 
-EDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+EDGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # used with fullmatch: no trailing newline
+TOPIC = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+RESERVED_TOPICS = frozenset({"topology", "gap", "closed", "notification"})
+PROBE_TIMEOUT = 5.0  # how long a connected edge has to answer before a newcomer may replace it
 RESERVED_NAMES = frozenset({"edge", "bridge", "events", "menu", "healthz", "auth", "static", "ui",
                             "api", "metrics", "plugins", "explorer", "favicon.ico", "_edge"})
 HELLO_TIMEOUT = 10.0
@@ -40,20 +50,25 @@ class EdgeGone(ConnectionError):
 class EdgeLink:
     """The bridge's side of one connected edge."""
 
-    def __init__(self, name: str, link: Link, manifest: dict[str, Any], info: dict[str, Any]) -> None:
+    def __init__(self, name: str, link: Link, manifest: dict[str, Any], info: dict[str, Any],
+                 credential: str = "") -> None:
         self.name = name
         self.link = link
         self.plugins: dict[str, Any] = manifest
         self.info = info
+        self.credential = credential  # digest of the enrolment token it connected with
+        self.key = secrets.token_urlsafe(24)  # shown only to this connection, in welcome
         self.connected_at = time.time()
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.requests = 0
         self.close_reason: str | None = None
         self.closer: Callable[[int, str], Any] | None = None
+        self.replaced: dict[str, Any] | None = None  # how this connection displaced a previous one
+        self.dropped_events = 0
 
     def describe(self) -> dict[str, Any]:
         return {"plugins": self.plugins, "connected_at": self.connected_at,
-                "host": self.info.get("host"), "requests": self.requests}
+                "host": self.info.get("host"), "requests": self.requests, "replaced": self.replaced}
 
     def fail_all(self, why: str) -> None:
         exc = EdgeGone(why)
@@ -64,10 +79,12 @@ class EdgeLink:
 
 
 class EdgeRegistry:
-    def __init__(self, tokens: TokenStore, bus: EventBus, *, max_body: int) -> None:
+    def __init__(self, tokens: TokenStore, bus: EventBus, *, max_body: int,
+                 max_event: int = 1024 * 1024) -> None:
         self.tokens = tokens
         self.bus = bus
         self.max_body = max_body
+        self.max_event = max_event
         self.edges: dict[str, EdgeLink] = {}
         self.ids = itertools.count(1)
         self.topology_listeners: list[Callable[[dict[str, Any]], Any]] = []
@@ -98,6 +115,16 @@ class EdgeRegistry:
             result = listener(topo)
             if asyncio.iscoroutine(result):
                 self._spawn(result)
+
+    async def drop_revoked(self) -> None:
+        """Close the links of edges whose enrolment token was revoked (or no longer fits)."""
+        for edge in list(self.edges.values()):
+            if not self.tokens.edge_allowed_digest(edge.credential, edge.name):
+                log.warning("edge %s: its enrolment token was revoked; closing its link", edge.name)
+                edge.link.send({"t": P.REFUSE, "reason": "enrolment token revoked", "retry": 300})
+                await edge.link.flush(0.5)
+                if edge.closer is not None:
+                    await edge.closer(4003, "enrolment token revoked")
 
     async def disconnect(self, name: str, reason: str = "disconnected by an admin") -> bool:
         edge = self.edges.get(name)
@@ -135,11 +162,14 @@ class EdgeRegistry:
         edge: EdgeLink | None = None
         try:
             hello = await asyncio.wait_for(self._read_hello(receive), HELLO_TIMEOUT)
-            edge = self._enrol(hello, link)
+            edge = await self._enrol(hello, link)
             if edge is None:
                 await link.flush()
                 await close(1008, "refused")
                 return
+            guard = guard_of(scope)
+            if guard is not None:
+                guard.authenticated()
             edge.closer = close
             pinger = asyncio.create_task(self._pinger(edge, close))
             try:
@@ -167,45 +197,82 @@ class EdgeRegistry:
             data = message.get("bytes")
             if data is None:
                 raise ProtocolError("edges speak binary msgpack frames")
-            frames = P.unpack(data)
-            if frames and frames[0]["t"] == P.HELLO:
+            if len(data) > P.MAX_HELLO:
+                raise ProtocolError(f"a hello of {len(data)} bytes is over {P.MAX_HELLO}")
+            frames = P.unpack(data, P.HELLO_CONTAINERS)
+            if len(frames) == 1 and frames[0]["t"] == P.HELLO:
                 return frames[0]
-            raise ProtocolError("the first frame must be hello")
+            raise ProtocolError("the first message must be one hello frame")
 
     def _refuse(self, link: Link, reason: str, retry: float = 30.0) -> None:
         log.warning("edge refused: %s", reason)
         link.send({"t": P.REFUSE, "reason": reason, "retry": retry})
 
-    def _enrol(self, hello: dict[str, Any], link: Link) -> EdgeLink | None:
-        name = str(hello.get("name") or "")
+    async def _enrol(self, hello: dict[str, Any], link: Link) -> EdgeLink | None:
+        raw_name = hello.get("name")
+        name = raw_name if isinstance(raw_name, str) else ""
         if hello.get("v") != P.PROTOCOL_VERSION:
             self._refuse(link, f"protocol version {hello.get('v')} is not {P.PROTOCOL_VERSION}; "
                                "upgrade the edge or the bridge so they match")
             return None
-        if not EDGE_NAME.match(name) or name in RESERVED_NAMES:
+        if not EDGE_NAME.fullmatch(name) or name in RESERVED_NAMES:
             self._refuse(link, f"edge name {name!r} is not allowed (letters, digits, '.', '_', '-'; "
                                f"not one of {', '.join(sorted(RESERVED_NAMES))})")
             return None
-        if not self.tokens.edge_allowed(hello.get("token"), name):
+        token = hello.get("token")
+        if not isinstance(token, str) or not self.tokens.edge_allowed(token, name):
             self._refuse(link, f"enrolment token not valid for edge {name!r}")
             return None
         plugins = hello.get("plugins")
-        if not isinstance(plugins, dict):
+        if not isinstance(plugins, dict) or not all(isinstance(k, str) for k in plugins):
             self._refuse(link, "hello carries no plugin manifest")
             return None
+        problems = manifest_problems(plugins)
+        if problems:
+            self._refuse(link, "the plugin manifest is refused: " + "; ".join(problems[:5]))
+            return None
+        host = hello.get("host")
+        info = {"host": host if isinstance(host, str) else None, "pid": hello.get("pid")}
+        replaced = await self._may_replace(name, hello.get("resume"), info)
+        if replaced is False:
+            self._refuse(link, f"edge {name!r} is already connected and answering; a second edge under "
+                               "that name is refused (stop the other one, or disconnect it as an admin)")
+            return None
         link.name = name
-        edge = EdgeLink(name, link, plugins, {"host": hello.get("host"), "pid": hello.get("pid")})
+        edge = EdgeLink(name, link, plugins, info, credential=digest(token))
         old = self.edges.get(name)
         self.edges[name] = edge
         if old is not None:
-            log.warning("edge %s reconnected; replacing its previous connection", name)
+            edge.replaced = {"at": time.time(), "how": replaced, "previous_host": old.info.get("host"),
+                             "previous_connected_at": old.connected_at}
+            log.warning("edge %s: a new connection from %s replaced the one from %s (%s)", name, info["host"],
+                        old.info.get("host"), replaced)
             old.fail_all(f"edge {name} reconnected")
             if old.closer is not None:
                 self._spawn(old.closer(4000, "replaced by a new connection"))
-        link.send({"t": P.WELCOME, "edges": self.topology(), "max_body": self.max_body})
+        link.send({"t": P.WELCOME, "edges": self.topology(), "max_body": self.max_body, "key": edge.key})
         log.info("edge %s connected with plugins %s", name, ", ".join(plugins))
         self._announce()
         return edge
+
+    async def _may_replace(self, name: str, resume: Any, info: dict[str, Any]) -> str | bool | None:
+        """None: no edge of that name; a reason string: replace it; False: it is alive, refuse."""
+        old = self.edges.get(name)
+        if old is None:
+            return None
+        if isinstance(resume, str) and hmac.compare_digest(resume.encode(), old.key.encode()):
+            return "reconnected with its connection key"
+        asked = time.monotonic()
+        old.link.send({"t": P.PING, "ts": time.time()})
+        while time.monotonic() - asked < PROBE_TIMEOUT:
+            await asyncio.sleep(0.05)
+            if self.edges.get(name) is not old:
+                return "the previous connection closed"
+            if old.link.last_seen > asked:
+                log.warning("edge %s: refused a second connection from %s while the connected one "
+                            "(from %s) answers", name, info.get("host"), old.info.get("host"))
+                return False
+        return f"the previous connection did not answer for {PROBE_TIMEOUT:g} s"
 
     async def _pinger(self, edge: EdgeLink, close: Callable[..., Any]) -> None:
         while True:
@@ -236,7 +303,7 @@ class EdgeRegistry:
             data = message.get("bytes")
             if data is None:
                 raise ProtocolError(f"edge {edge.name} sent a text message")
-            for frame in P.unpack(data):
+            for frame in P.unpack(data, P.MAX_CONTAINERS):
                 handler = handlers.get(frame["t"])
                 if handler is None:
                     raise ProtocolError(f"edge {edge.name} sent an unexpected {frame['t']} frame")
@@ -263,16 +330,50 @@ class EdgeRegistry:
             fut.set_exception(EdgeGone("the edge aborted the request"))
 
     def _on_notify(self, edge: EdgeLink, frame: dict[str, Any]) -> None:
-        owner = Principal.from_wire(frame.get("ow"))
-        data = frame.get("d")
+        """Publish an edge's notification; the bridge alone sets edge, plugin and topic.
+
+        ``d`` must be exactly one JSON value on one line (it is spliced into the event
+        unparsed-by-clients, so anything else could add fields or forge other events).
+        """
+        plugin, topic, data = frame["plugin"], frame["topic"], frame.get("d")
+        if not isinstance(plugin, str) or plugin not in edge.plugins:
+            raise ValueError(f"notification for plugin {plugin!r}, which this edge does not announce")
+        if not isinstance(topic, str) or not TOPIC.fullmatch(topic) or topic in RESERVED_TOPICS:
+            raise ValueError(f"notification topic {str(topic)[:40]!r} is not allowed")
         if not isinstance(data, bytes) or b"\n" in data or b"\r" in data:
             raise ValueError("notify data must be single-line JSON bytes")
-        self.bus.notification(edge.name, str(frame["plugin"]), str(frame["topic"]), data,
-                              owner.name if owner else None)
+        if len(data) > self.max_event:
+            edge.dropped_events += 1
+            if edge.dropped_events in (1, 10, 100) or edge.dropped_events % 1000 == 0:
+                log.warning("edge %s: dropped a %d-byte %s/%s notification (limit %d bytes; %d dropped)",
+                            edge.name, len(data), plugin, topic, self.max_event, edge.dropped_events)
+            return
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"notify data is not one JSON value: {exc}") from exc
+        owner = Principal.from_wire(frame.get("ow"))
+        self.bus.notification(edge.name, plugin, topic, data, owner.id if owner else None)
 
     def _on_manifest(self, edge: EdgeLink, frame: dict[str, Any]) -> None:
         plugins = frame.get("plugins")
-        if not isinstance(plugins, dict):
+        if not isinstance(plugins, dict) or not all(isinstance(k, str) for k in plugins):
             raise ValueError("manifest must carry a plugins map")
+        problems = manifest_problems(plugins)
+        if problems:
+            raise ValueError("the plugin manifest is refused: " + "; ".join(problems[:5]))
         edge.plugins = plugins
         self._announce()
+
+
+def manifest_problems(plugins: dict[str, Any]) -> list[str]:
+    """What is wrong with an edge's manifest (ui_config endpoints that leave their plugin)."""
+    from ..sdk.ui import invalid_endpoints
+
+    problems: list[str] = []
+    for plugin, manifest in plugins.items():
+        if not isinstance(manifest, dict):
+            problems.append(f"{plugin}: the manifest is not a map")
+            continue
+        problems.extend(invalid_endpoints(plugin, manifest))
+    return problems

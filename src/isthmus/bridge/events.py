@@ -2,8 +2,8 @@
 
 Each event is encoded once and shared by every subscriber. Subscribers have bounded
 queues: a client that does not read loses events (and is told so with a ``gap``
-event) instead of growing the bridge's memory. A bounded ring buffer serves
-``Last-Event-ID`` replays after a reconnect.
+event) instead of growing the bridge's memory. A ring buffer bounded both in events
+and in bytes serves ``Last-Event-ID`` replays after a reconnect.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ log = logging.getLogger("isthmus.events")
 
 KEEPALIVE = 15.0
 RING_SIZE = 10_000
+RING_BYTES = 32 * 1024 * 1024
 QUEUE_BYTES = 8 * 1024 * 1024  # per subscriber: what a stalled client may cost the bridge
 MAX_WRITE = 256 * 1024
 
@@ -34,7 +35,7 @@ class Event:
     edge: str | None
     plugin: str | None
     topic: str  # the notification topic, or "topology"
-    owner: str | None  # principal name the event belongs to; None = everyone
+    owner: str | None  # principal id the event belongs to; None = everyone
 
 
 @dataclass
@@ -63,9 +64,17 @@ class Subscriber:
     dropped: int = 0
     limit: int = QUEUE_BYTES
     queued: int = 0  # bytes in ``queue``
+    credential: str | None = None  # digest of the token that opened the stream
+    closed: str | None = None  # why the bridge ended the stream
+
+    def close(self, why: str) -> None:
+        self.closed = why
+        self.queue.clear()
+        self.queued = 0
+        self.wake.set()
 
     def wants(self, event: Event) -> bool:
-        if event.owner is not None and not self.principal.is_admin and event.owner != self.principal.name:
+        if not self.principal.owns(event.owner):
             return False
         f = self.filters
         if event.topic == "topology":
@@ -96,8 +105,11 @@ class Subscriber:
 
 
 class EventBus:
-    def __init__(self, ring_size: int = RING_SIZE, queue_size: int = QUEUE_BYTES) -> None:
+    def __init__(self, ring_size: int = RING_SIZE, queue_size: int = QUEUE_BYTES,
+                 ring_bytes: int = RING_BYTES) -> None:
         self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._ring_bytes = 0
+        self.ring_budget = ring_bytes
         self._next = 1
         self._subs: set[Subscriber] = set()
         self.queue_size = queue_size
@@ -113,7 +125,13 @@ class EventBus:
         self._next += 1
         payload = b"id: %d\ndata: %s\n\n" % (eid, body)
         event = Event(eid, payload, edge, plugin, topic, owner)
-        self._ring.append(event)
+        ring = self._ring
+        if len(ring) == ring.maxlen:
+            self._ring_bytes -= len(ring[0].payload)
+        ring.append(event)
+        self._ring_bytes += len(payload)
+        while self._ring_bytes > self.ring_budget and len(ring) > 1:
+            self._ring_bytes -= len(ring.popleft().payload)
         self.published += 1
         for sub in self._subs:
             if sub.wants(event):
@@ -130,8 +148,16 @@ class EventBus:
         body = orjson.dumps({"topic": "topology", "data": {"edges": edges}})
         self._emit(body, None, None, "topology", None)
 
-    def subscribe(self, principal: Principal, filters: Filters, last_id: int | None) -> Subscriber:
-        sub = Subscriber(principal, filters, limit=self.queue_size)
+    @property
+    def ring_bytes(self) -> int:
+        return self._ring_bytes
+
+    def subscriber_list(self) -> list[Subscriber]:
+        return list(self._subs)
+
+    def subscribe(self, principal: Principal, filters: Filters, last_id: int | None,
+                  credential: str | None = None) -> Subscriber:
+        sub = Subscriber(principal, filters, limit=self.queue_size, credential=credential)
         if last_id is not None:
             oldest = self._ring[0].id if self._ring else self._next
             if last_id + 1 < oldest:
@@ -172,10 +198,12 @@ def _last_event_id(headers: list[tuple[bytes, bytes]], query: bytes) -> int | No
 
 
 async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any],
-                       receive: Any, send: Any, keepalive: float = KEEPALIVE) -> None:
-    """Stream events to one client until it goes away."""
+                       receive: Any, send: Any, keepalive: float = KEEPALIVE,
+                       credential: str | None = None) -> None:
+    """Stream events to one client until it goes away (or its token is revoked)."""
     filters = Filters.from_query(scope.get("query_string", b""))
-    sub = bus.subscribe(principal, filters, _last_event_id(scope["headers"], scope.get("query_string", b"")))
+    sub = bus.subscribe(principal, filters, _last_event_id(scope["headers"], scope.get("query_string", b"")),
+                        credential=credential)
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-store"),
@@ -195,12 +223,18 @@ async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any
     try:
         await send({"type": "http.response.body", "body": b": connected\nretry: 2000\n\n", "more_body": True})
         while not disconnected.is_set():
+            if sub.closed is not None:
+                body = orjson.dumps({"topic": "closed", "data": {"reason": sub.closed}})
+                await send({"type": "http.response.body", "body": b"event: closed\ndata: %s\n\n" % body})
+                return
             if not sub.queue and not sub.dropped:
                 sub.wake.clear()
                 try:
                     await asyncio.wait_for(sub.wake.wait(), keepalive)
                 except TimeoutError:
                     await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                    continue
+                if sub.closed is not None:
                     continue
             parts = sub.take(MAX_WRITE)
             if sub.dropped and not sub.queue:

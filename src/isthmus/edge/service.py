@@ -46,6 +46,7 @@ class EdgeService:
         self.ca_file = ca_file
         self.insecure_tls = insecure_tls
         self.link: Link | None = None
+        self.key: str | None = None  # the bridge's key for our last connection: proves a reconnect is us
         self.connected = asyncio.Event()
         self.last_refusal: str | None = None
         self._stop = asyncio.Event()
@@ -145,8 +146,11 @@ class EdgeService:
         self.link = link
         self._ws = ws
         link.start()
-        link.send({"t": P.HELLO, "v": P.PROTOCOL_VERSION, "name": self.name, "token": self.token,
-                   "plugins": self.host.manifests(), "host": socket.gethostname(), "pid": os.getpid()})
+        hello = {"t": P.HELLO, "v": P.PROTOCOL_VERSION, "name": self.name, "token": self.token,
+                 "plugins": self.host.manifests(), "host": socket.gethostname(), "pid": os.getpid()}
+        if self.key:
+            hello["resume"] = self.key
+        link.send(hello)
         pinger = asyncio.create_task(self._pinger(link, ws), name="heartbeat")
         try:
             async for message in ws:
@@ -184,6 +188,8 @@ class EdgeService:
 
     async def _on_welcome(self, frame: dict[str, Any]) -> None:
         self.last_refusal = None
+        key = frame.get("key")
+        self.key = key if isinstance(key, str) else None
         self.connected.set()
         log.info("connected to bridge %s as %s", self.bridge_url, self.name)
         await self.host.set_topology(frame.get("edges") or {})

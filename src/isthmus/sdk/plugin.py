@@ -28,7 +28,7 @@ from ..types import Principal, Role, current_principal
 from .menu import MenuSection
 from .registry import plugin_classes
 from .session import PluginSession
-from .ui import validate_ui_config
+from .ui import UIConfigError, invalid_endpoints, validate_ui_config
 
 if TYPE_CHECKING:
     from ..config import ConfigSources
@@ -64,8 +64,19 @@ class JSON(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
 
+# Input that breaks a parser inside a route is the caller's fault: 4xx, never a 500.
+BAD_INPUT: dict[type[Exception], tuple[int, str | None]] = {
+    RecursionError: (400, "the request body is nested too deeply"),
+    UnicodeDecodeError: (400, "the request is not valid UTF-8"),
+    OverflowError: (422, None),  # a number too large for its field (1e400, 10**5000)
+}
+
+
 def error_response(exc: BaseException, plugin: str = "") -> Response:
     """The one place exceptions from plugin code become HTTP answers (no tracebacks)."""
+    for kind, (status, text) in BAD_INPUT.items():
+        if isinstance(exc, kind):
+            return JSON({"detail": text or f"bad input: {exc}"}, status_code=status)
     if isinstance(exc, PluginError):
         return JSON({"detail": exc.detail}, status_code=exc.status_code)
     if isinstance(exc, HTTPException):
@@ -155,7 +166,7 @@ class Plugin:
         model = type(self).config_model
         self.config: Any = ctx.config if ctx and ctx.config is not None else (model() if model else None)
         self.app: FastAPI | None = None
-        self._ui = validate_ui_config(type(self).ui_config)
+        self._ui = validate_ui_config(type(self).ui_config, self.instance_name)
         if app is not None:
             self.attach(app)
 
@@ -295,7 +306,7 @@ class Plugin:
 
     @staticmethod
     def _visible(owner: Principal | None, who: Principal | None) -> bool:
-        return who is None or who.is_admin or owner is None or owner.name == who.name
+        return who is None or owner is None or who.owns(owner.id)
 
     def _get_session(self, sid: str) -> PluginSession:
         """The caller's session ``sid``: 404 if unknown or someone else's, 410 if closed."""
@@ -376,6 +387,9 @@ class Plugin:
         }
         if self.ui_module:
             info["ui_module"] = True
+        problems = invalid_endpoints(self.instance_name, info)
+        if problems:  # _ui changed after __init__: the host reports this as the plugin's error
+            raise UIConfigError("; ".join(problems))
         return info
 
     def ui_module_path(self) -> Path | None:

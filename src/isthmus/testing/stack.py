@@ -165,17 +165,26 @@ class Stack:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token or self.admin_token}"},
                             **kwargs)
 
-    def create_token(self, role: str, name: str | None = None) -> str:
-        """A client token of ``role`` in the bridge's token file (picked up within a second)."""
+    @property
+    def tokens_file(self) -> Path:
+        assert self.workdir is not None
+        if self.config is not None:
+            return self.workdir / "tokens.json"
+        return self.workdir / "xdg-config" / "isthmus" / "tokens.json"
+
+    def create_token(self, role: str, name: str | None = None, principal: str | None = None,
+                     edge: str | None = None) -> str:
+        """A token of ``role`` in the bridge's token file (picked up within a second)."""
+        return self.create_token_entry(role, name, principal, edge)[0]
+
+    def create_token_entry(self, role: str, name: str | None = None, principal: str | None = None,
+                           edge: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Like ``create_token``, also returning the file entry (its ``id`` revokes it)."""
         from ..bridge.auth import create_token
 
-        assert self.workdir is not None
-        path = self.workdir / "xdg-config" / "isthmus" / "tokens.json"
-        if self.config is not None:
-            path = self.workdir / "tokens.json"
-        token, _ = create_token(path, role, name=name or f"{role}-{secrets.token_hex(2)}")
+        token, entry = create_token(self.tokens_file, role, name=name, edge=edge, principal=principal)
         time.sleep(1.05)  # the bridge re-reads the token file at most once a second
-        return token
+        return token, entry
 
     # -- context manager --------------------------------------------------------------------
 
