@@ -112,7 +112,7 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
     import uvicorn
 
     from .bridge import server
-    from .protocol import MAX_MESSAGE
+    from .wire.protocol import MAX_MESSAGE
 
     settings = bridge.settings
     server.LIMITS.max_header_bytes = settings.max_header_bytes
@@ -215,7 +215,7 @@ def build_edge(app_config: AppConfig, name: str, bridge_url: str, token: str | N
                overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Any]:
     from . import schedulers
     from .edge.service import EdgeService
-    from .host import PluginHost
+    from .runtime.host import PluginHost
 
     schedulers.force(app_config.scheduler)
     host = PluginHost(app_config, plugins, name=name, overrides=overrides)
@@ -489,7 +489,7 @@ def cp(
 @app.command("plugins")
 def plugins_cmd(config: ConfigOpt = None) -> None:
     """List installed plugins and whether this configuration enables them (imports none)."""
-    from .host import select_plugins
+    from .runtime.host import select_plugins
 
     for pid, spec, enabled in select_plugins(_config(config), None):
         typer.echo(f"{pid}\t{'enabled' if enabled else 'disabled'}\t{spec}")

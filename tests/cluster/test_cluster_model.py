@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from isthmus.cluster.health import Severity, Thresholds, counts, node_severity, worst
-from isthmus.cluster.mapping import NodeMapping
-from isthmus.cluster.topology import parse_topology
 from isthmus.errors import ConfigError
+from isthmus.plugins.cluster.health import Severity, Thresholds, counts, node_severity, worst
+from isthmus.plugins.cluster.mapping import NodeMapping
+from isthmus.plugins.cluster.topology import parse_topology
 from isthmus.schedulers.base import Node, NodeState
 
 TOPOLOGY = """\

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
 from isthmus.config import AppConfig
-from isthmus.host import PluginHost
+from isthmus.runtime.host import PluginHost
 from isthmus.sdk.menu import MenuSection
 from isthmus.sdk.registry import entry_points, load_class
 
@@ -85,7 +85,7 @@ def test_disabled_is_not_imported(name: str, tmp_path) -> None:
     code = (
         "import sys\n"
         "from isthmus.config import AppConfig\n"
-        "from isthmus.host import PluginHost\n"
+        "from isthmus.runtime.host import PluginHost\n"
         f"cfg = AppConfig(plugins={{{name!r}: {{'enabled': False}}}})\n"
         f"host = PluginHost(cfg, None, name='x'); host.load()\n"
         f"assert {module!r} not in sys.modules, 'imported while disabled'\n"

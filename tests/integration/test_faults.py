@@ -15,8 +15,8 @@ import msgpack
 import pytest
 import websockets
 
-from isthmus import protocol as P
 from isthmus.testing.stack import Stack, poll_for
+from isthmus.wire import protocol as P
 from tests.conftest import support_env
 
 

@@ -155,7 +155,7 @@ def test_only_scheduler_executors_name_scheduler_jobs(tmp_path) -> None:
 
 def test_psij_records_are_found_beside_psij(tmp_path, monkeypatch) -> None:
     from isthmus.config import AppConfig
-    from isthmus.host import PluginHost
+    from isthmus.runtime.host import PluginHost
     from isthmus.sdk.registry import registry
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))

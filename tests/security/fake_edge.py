@@ -14,7 +14,7 @@ from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
-from isthmus import protocol as P
+from isthmus.wire import protocol as P
 
 MANIFEST = {"probe": {"name": "probe", "title": "Probe", "version": "1", "menu": []}}
 

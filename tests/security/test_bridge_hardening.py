@@ -22,11 +22,11 @@ import httpx
 import orjson
 import pytest
 
-from isthmus import protocol as P
 from isthmus.bridge.auth import create_token, read_entries, revoke_token
 from isthmus.config import load_app_config
 from isthmus.errors import ConfigError
 from isthmus.testing.stack import Stack, poll_for
+from isthmus.wire import protocol as P
 from tests.conftest import support_env
 
 from .fake_edge import FakeEdge, empty_maps, raw_ws_message, rss

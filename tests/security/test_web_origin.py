@@ -239,7 +239,7 @@ def test_many_problems_are_capped() -> None:
 def test_the_edge_refuses_a_plugin_with_a_bad_endpoint(tmp_path: Path) -> None:
     """12(a): a plugin error at load, naming the plugin; its manifest carries no ui_config."""
     from isthmus.config import AppConfig
-    from isthmus.host import PluginHost
+    from isthmus.runtime.host import PluginHost
 
     with pytest.raises(UIConfigError, match=r"plugin 'p'.*'\.\./x'"):
         validate_ui_config({"monitors": [{"id": "m", "endpoint": "../x"}]}, "p")
@@ -254,7 +254,7 @@ def test_the_edge_refuses_a_plugin_with_a_bad_endpoint(tmp_path: Path) -> None:
 
 def test_a_plugin_whose_ui_config_goes_bad_later_is_reported(tmp_path: Path) -> None:
     from isthmus.config import AppConfig
-    from isthmus.host import PluginHost
+    from isthmus.runtime.host import PluginHost
 
     host = PluginHost(AppConfig(state_dir=tmp_path / "state"), ["testplugins:PluginEvil"], name="t")
     host.load()

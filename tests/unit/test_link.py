@@ -7,9 +7,9 @@ import asyncio
 import msgpack
 import pytest
 
-from isthmus import protocol as P
 from isthmus.errors import ProtocolError
-from isthmus.link import Link, _split
+from isthmus.wire import protocol as P
+from isthmus.wire.link import Link, _split
 
 
 def test_unpack_rejects_garbage() -> None:

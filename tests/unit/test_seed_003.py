@@ -122,7 +122,7 @@ def test_metadata_maps_onto_one_model():
 
 def test_namespaced_mount_by_a_host(tmp_path):
     """Inside a host, register_routes gets a router already mounted at the namespace."""
-    from isthmus.host import PluginHost
+    from isthmus.runtime.host import PluginHost
 
     host = PluginHost(AppConfig(), [f"{__name__}:MyPlugin"], name="t")
     host.load()

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..config import AppConfig
-from ..host import PluginHost
+from ..runtime.host import PluginHost
 from ..types import Principal, Role, current_principal
 from .api import build_api
 from .auth import TokenStore, credentials, digest, same_origin

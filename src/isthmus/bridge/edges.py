@@ -22,10 +22,10 @@ from typing import Any
 
 import orjson
 
-from .. import protocol as P
 from ..errors import ProtocolError
-from ..link import Link, LinkClosed
 from ..types import Principal
+from ..wire import protocol as P
+from ..wire.link import Link, LinkClosed
 from .auth import TokenStore, digest
 from .events import EventBus
 from .server import guard_of

@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 import orjson
 
-from .. import protocol as P
-from ..link import Link, LinkClosed
 from ..sdk.ui import endpoint_problem
 from ..types import Principal
+from ..wire import protocol as P
+from ..wire.link import Link, LinkClosed
 from .edges import EdgeGone, EdgeLink
 
 log = logging.getLogger("isthmus.bridge.proxy")

@@ -21,11 +21,11 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .. import protocol as P
-from ..asgi_call import prepare, serve_request
-from ..host import PluginHost
-from ..link import Link
+from ..runtime.dispatch import prepare, serve_request
+from ..runtime.host import PluginHost
 from ..types import Principal
+from ..wire import protocol as P
+from ..wire.link import Link
 
 log = logging.getLogger("isthmus.edge")
 

@@ -392,7 +392,7 @@ class SimulatedCluster(BatchSystem):
                     reason=self._reason(node, state), load=node.load, metrics=self.node_metrics(node))
 
     def topology(self) -> dict[str, Any]:
-        """Sites → rooms → racks → slots, in the topology file's shape (see ``isthmus.cluster``)."""
+        """Sites → rooms → racks → slots, in the topology file's shape (see ``isthmus.plugins.cluster.topology``)."""
         rooms = []
         for room_id, room in self.rooms.items():
             racks = [{"id": rack, "name": rack.upper(), "slots": 48,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...cluster.health import Thresholds
-from ...cluster.mapping import NodeMapping
+from .health import Thresholds
+from .mapping import NodeMapping
 
 
 class ClusterConfig(BaseModel):

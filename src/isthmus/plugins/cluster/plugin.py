@@ -10,15 +10,15 @@ from typing import Any
 from fastapi import Request
 
 from ... import schedulers
-from ...cluster.mapping import NodeMapping
-from ...cluster.topology import Topology, from_dict, load_topology, unplaced
-from ...cluster.view import CATALOG, ClusterView, History
 from ...config import write_plugin_file
 from ...errors import ConfigError, PluginError, SchedulerError
 from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...types import Role
 from .config import ClusterConfig
+from .mapping import NodeMapping
+from .topology import Topology, from_dict, load_topology, unplaced
+from .view import CATALOG, ClusterView, History
 
 log = logging.getLogger("isthmus.plugins.cluster")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
-from ..schedulers.hostlist import HostlistError, expand
+from ...errors import ConfigError
+from ...schedulers.hostlist import HostlistError, expand
 
 
 @dataclass

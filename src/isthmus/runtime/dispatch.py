@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol as P
-from .link import InStream, Link
-from .types import Principal, current_principal
+from ..types import Principal, current_principal
+from ..wire import protocol as P
+from ..wire.link import InStream, Link
 
 log = logging.getLogger("isthmus.asgi")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from .config import AppConfig, ConfigSources, load_plugin_config, plugin_enabled
-from .errors import ConfigError
-from .sdk.plugin import BAD_INPUT, NotifySink, Plugin, PluginContext, construct, error_response
-from .sdk.registry import entry_points, is_import_spec, load_class, registry
+from ..config import AppConfig, ConfigSources, load_plugin_config, plugin_enabled
+from ..errors import ConfigError
+from ..sdk.plugin import BAD_INPUT, NotifySink, Plugin, PluginContext, construct, error_response
+from ..sdk.registry import entry_points, is_import_spec, load_class, registry
 
 log = logging.getLogger("isthmus.host")
 
@@ -103,7 +103,7 @@ class PluginHost:
     # -- building -------------------------------------------------------------------------
 
     def load(self) -> None:
-        from .host_routes import mount_host_routes
+        from .routes import mount_host_routes
 
         mount_host_routes(self)
         eps = entry_points()

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, HTTPException
 
-from .config import load_plugin_config, write_plugin_file
-from .errors import ConfigError
-from .types import Role, current_principal
+from ..config import load_plugin_config, write_plugin_file
+from ..errors import ConfigError
+from ..types import Role, current_principal
 
 if TYPE_CHECKING:
     from .host import PluginHost

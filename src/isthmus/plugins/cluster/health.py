@@ -14,7 +14,7 @@ from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..schedulers.base import Node, NodeState
+from ...schedulers.base import Node, NodeState
 
 
 class Severity(IntEnum):

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 

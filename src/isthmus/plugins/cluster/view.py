@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..schedulers.base import Job, Node, Partition
+from ...schedulers.base import Job, Node, Partition
 from .health import Severity, Thresholds, counts, node_severity, worst
 from .mapping import NodeMapping
 from .topology import Topology

@@ -1,1 +1,0 @@
-"""Where nodes are (sites → rooms → racks → slots) and how healthy they are."""

@@ -1,0 +1,1 @@
+"""The wire between bridge and edge: frames (protocol), one peer per link, one call per request."""
