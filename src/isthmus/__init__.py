@@ -4,7 +4,16 @@ This module is the SDK that plugin authors and client programs import; everythin
 else in the package may change between releases.
 """
 
-from .errors import ClientError, IsthmusError, PluginError, SessionClosed, SessionNotFound
+from .errors import (
+    BridgeTimeout,
+    BridgeUnreachable,
+    ClientError,
+    IsthmusError,
+    PluginError,
+    SessionClosed,
+    SessionNotFound,
+    TransportError,
+)
 from .sdk.client import BridgeClient, EdgeClient, PluginClient
 from .sdk.deps import get_app_config, get_topology
 from .sdk.menu import MenuItem, MenuSection
@@ -16,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BridgeClient",
+    "BridgeTimeout",
+    "BridgeUnreachable",
     "ClientError",
     "EdgeClient",
     "IsthmusError",
@@ -29,6 +40,7 @@ __all__ = [
     "Role",
     "SessionClosed",
     "SessionNotFound",
+    "TransportError",
     "__version__",
     "get_app_config",
     "get_topology",

@@ -10,13 +10,20 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
 
 from .config import AppConfig, load_app_config
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from .bridge.app import Bridge
+    from .edge.service import EdgeService
+    from .runtime.host import PluginHost
 
 app = typer.Typer(help="Isthmus: reach HPC clusters from anywhere.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -27,8 +34,9 @@ log = logging.getLogger("isthmus")
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="isthmus.yaml to read "
                       "(default ./isthmus.yaml, then ~/.config/isthmus/isthmus.yaml).")]
-HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
-PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+HostOpt = Annotated[str | None, typer.Option(help="Address to listen on (default: bridge.host in "
+                                                "isthmus.yaml or $ISTHMUS_BRIDGE__HOST, else 127.0.0.1).")]
+PortOpt = Annotated[int | None, typer.Option(help="Port to listen on (default: bridge.port, else 8000).")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 
 
@@ -129,18 +137,60 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
 
 def make_bridge(app_config: AppConfig, *, admin_token: str | None, edge_token: str | None,
                 tokens_file: str | None, plugins: list[str] | None, tls: bool,
-                request_timeout: float | None = None, max_body: int | None = None) -> Any:
-    from .bridge.app import Bridge, BridgeSettings, tokens_path
+                request_timeout: float | None = None, max_body: int | None = None,
+                host: str | None = None, port: int | None = None) -> Bridge:
+    """The bridge of ``app_config``: its ``bridge:`` section (the environment's overrides
+    included) with the flags that were given (not None) on top; ``tls`` only ever turns TLS on.
+
+    Raises ConfigError naming the flag whose value does not fit.
+    """
+    from .bridge.app import Bridge, tokens_path
     from .bridge.auth import TokenStore
 
+    settings = app_config.bridge_settings(host=host, port=port, tls=True if tls else None,
+                                          request_timeout=request_timeout, max_body=max_body)
     tokens = TokenStore(tokens_path(app_config, tokens_file), admin_token=admin_token, edge_token=edge_token)
-    settings = BridgeSettings(tls=tls, **{k: v for k, v in app_config.bridge.items()
-                                          if k in BridgeSettings.__dataclass_fields__})
-    if request_timeout:
-        settings.request_timeout = request_timeout
-    if max_body:
-        settings.max_body = max_body
     return Bridge(settings, tokens, app_config, plugins)
+
+
+def _make_bridge_or_exit(app_config: AppConfig, **kwargs: Any) -> Bridge:
+    try:
+        return make_bridge(app_config, **kwargs)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _reload_on_sighup(*hosts: PluginHost | None) -> None:
+    """On SIGHUP, re-read the plugin configs of ``hosts`` (a bad new config leaves the old one).
+
+    Installed with loop.add_signal_handler, which leaves uvicorn's own SIGINT/SIGTERM
+    handling alone; without hosts, SIGHUP is only logged (it no longer ends the process).
+    """
+    loop = asyncio.get_running_loop()
+    live = [h for h in hosts if h is not None]
+
+    def on_sighup() -> None:
+        if not live:
+            log.info("SIGHUP: no plugins in this process, nothing to reload")
+        for host in live:
+            task = loop.create_task(_reload_plugins(host), name=f"reload-{host.name}")
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+
+async def _reload_plugins(host: PluginHost) -> None:
+    try:
+        results = await host.reload()
+    except Exception:
+        log.exception("SIGHUP: reloading the plugins of %s failed", host.name)
+        return
+    log.info("SIGHUP: plugins of %s: %s", host.name, results)
 
 
 def _check_transport(host: str, tls_cert: str | None, tls_key: str | None, allow_insecure_http: bool) -> None:
@@ -156,8 +206,8 @@ def _check_transport(host: str, tls_cert: str | None, tls_key: str | None, allow
 
 @app.command()
 def bridge(
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8000,
+    host: HostOpt = None,
+    port: PortOpt = None,
     config: ConfigOpt = None,
     plugins: Annotated[str | None, typer.Option(help="Plugins to host in the bridge itself "
                                                  "(names or pkg.module:Class), comma-separated.")] = None,
@@ -176,13 +226,14 @@ def bridge(
     ISTHMUS_EDGE_TOKEN_FILE. Both are removed from the environment once read.
     """
     _setup_logging(log_level)
-    _check_transport(host, tls_cert, tls_key, allow_insecure_http)
     app_config = _config(config)
+    host = host if host is not None else app_config.bridge.host
+    _check_transport(host, tls_cert, tls_key, allow_insecure_http)
     protect_process()
-    the_bridge = make_bridge(app_config, admin_token=take_secret("ISTHMUS_ADMIN_TOKEN"),
-                             edge_token=take_secret("ISTHMUS_EDGE_TOKEN"), tokens_file=tokens_file,
-                             plugins=_plugins(plugins), tls=bool(tls_cert),
-                             request_timeout=request_timeout, max_body=max_body)
+    the_bridge = _make_bridge_or_exit(app_config, admin_token=take_secret("ISTHMUS_ADMIN_TOKEN"),
+                                      edge_token=take_secret("ISTHMUS_EDGE_TOKEN"), tokens_file=tokens_file,
+                                      plugins=_plugins(plugins), tls=bool(tls_cert),
+                                      request_timeout=request_timeout, max_body=max_body, host=host, port=port)
     if not the_bridge.tokens.has_client_tokens:
         log.warning("no client tokens: set ISTHMUS_ADMIN_TOKEN or run 'isthmus token create --role admin'")
     if not the_bridge.tokens.has_edge_tokens:
@@ -190,9 +241,17 @@ def bridge(
                     "'isthmus token create --role edge --edge NAME'")
     import uvicorn
 
-    server = uvicorn.Server(_uvicorn_config(the_bridge, host, port, tls_cert, tls_key, log_level, "uvloop"))
+    settings = the_bridge.settings
+    server = uvicorn.Server(_uvicorn_config(the_bridge, settings.host, settings.port, tls_cert, tls_key,
+                                            log_level, "uvloop"))
     the_bridge.on_exit(lambda: setattr(server, "should_exit", True))
-    server.run()
+    _run_fast(_serve_bridge(server, the_bridge))
+
+
+async def _serve_bridge(server: uvicorn.Server, the_bridge: Bridge) -> None:
+    """uvicorn's serve(), with SIGHUP reloading the bridge-hosted plugins (``--plugins``)."""
+    _reload_on_sighup(the_bridge.local)
+    await server.serve()
 
 
 # -- edge -------------------------------------------------------------------------------------
@@ -224,13 +283,15 @@ def build_edge(app_config: AppConfig, name: str, bridge_url: str, token: str | N
     return host, service
 
 
-async def _edge_main(host: Any, service: Any, watch: list[Path]) -> None:
+async def _edge_main(host: PluginHost, service: EdgeService, watch: list[Path]) -> None:
     from .edge.service import run_edge
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(host.reload()))
+    _reload_on_sighup(host)
+    if not host.app_config.edge.watch_config:
+        watch = []
     watcher = asyncio.create_task(_watch_config(host, watch)) if watch else None
     try:
         await run_edge(host, service)
@@ -311,24 +372,30 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
 
 @app.command()
 def demo(
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8000,
+    host: HostOpt = None,
+    port: PortOpt = None,
     token_file: Annotated[str | None, typer.Option(help="Write the admin token to this file.")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Run a bridge and one edge named 'demo' on a simulated cluster, in one process."""
+    """Run a bridge and one edge named 'demo' on a simulated cluster, in one process.
+
+    SIGHUP reloads the edge's plugin configuration; the bridge: section of the config sets the
+    bridge's limits (and --host/--port when not given).
+    """
     _setup_logging(log_level)
-    _check_transport(host, None, None, False)
     app_config = _config(config)
+    host = host if host is not None else app_config.bridge.host
+    port = port if port is not None else app_config.bridge.port
+    _check_transport(host, None, None, False)
     if app_config.scheduler == "auto":
         app_config.scheduler = "simulated"
     app_config.plugins.setdefault("simulator", {}).setdefault("enabled", True)
     admin_token = take_secret("ISTHMUS_ADMIN_TOKEN") or "ist_" + secrets.token_urlsafe(24)
     protect_process()
     edge_token = secrets.token_urlsafe(24)
-    the_bridge = make_bridge(app_config, admin_token=admin_token, edge_token=edge_token,
-                             tokens_file=None, plugins=None, tls=False)
+    the_bridge = _make_bridge_or_exit(app_config, admin_token=admin_token, edge_token=edge_token,
+                                      tokens_file=None, plugins=None, tls=False, host=host, port=port)
     url = f"http://{host}:{port}"
     edge_host, service = build_edge(app_config, "demo", f"ws://{host}:{port}", edge_token, None,
                                     overrides={k: v for k, v in DEMO_OVERRIDES.items()})
@@ -340,12 +407,13 @@ def demo(
     asyncio.run(_demo_main(the_bridge, edge_host, service, host, port, url, admin_token, log_level))
 
 
-async def _demo_main(the_bridge: Any, edge_host: Any, service: Any, host: str, port: int, url: str,
-                     token: str, level: str) -> None:
+async def _demo_main(the_bridge: Bridge, edge_host: PluginHost, service: EdgeService, host: str, port: int,
+                     url: str, token: str, level: str) -> None:
     import uvicorn
 
     from .edge.service import run_edge
 
+    _reload_on_sighup(the_bridge.local, edge_host)
     server = uvicorn.Server(_uvicorn_config(the_bridge, host, port, None, None, level, "asyncio"))
     the_bridge.on_exit(lambda: setattr(server, "should_exit", True))
     serving = asyncio.create_task(server.serve())
@@ -461,7 +529,9 @@ def cp(
         typer.echo("error: exactly one of SRC and DST must be EDGE:PATH", err=True)
         raise typer.Exit(2)
     client = BridgeClient(url=bridge, token=token)
-    edge = (remote_src or remote_dst)[0]  # type: ignore[index]
+    remote = remote_src or remote_dst
+    assert remote is not None  # exactly one of them is set (checked above)
+    edge = remote[0]
     try:
         staging = client.get_edge_client(edge).get_plugin("staging", client_class=StagingClient)
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),

@@ -1,4 +1,13 @@
-"""Configuration: ``isthmus.yaml`` and the per-plugin config chain.
+"""Configuration: ``isthmus.yaml`` as one typed model, and the per-plugin config chain.
+
+``isthmus.yaml`` is an :class:`AppConfig` (pydantic-settings): typed ``bridge:`` and ``edge:``
+sections (:class:`BridgeConfig`, :class:`EdgeConfig`), the scheduler, paths, and one free-form
+section per plugin. Values of the ``bridge:`` and ``edge:`` sections come from, highest first:
+
+1. command-line flags (``--request-timeout``, ``--max-body``, ``--host``, ``--port``),
+2. environment ``ISTHMUS_BRIDGE__<FIELD>`` / ``ISTHMUS_EDGE__<FIELD>``,
+3. ``isthmus.yaml``,
+4. the models' defaults.
 
 Plugin values come from, highest first:
 
@@ -7,8 +16,9 @@ Plugin values come from, highest first:
 3. ``plugins.<id>`` in ``isthmus.yaml``,
 4. the plugin's ``config_model`` defaults.
 
-A bad value is a ConfigError naming the file, the key and what was expected; nothing is
-half-applied: callers get a whole validated model or an error.
+Unknown keys are errors everywhere. A bad value is a ConfigError naming the file (or the
+environment variable), the key and what was expected; nothing is half-applied: callers get a
+whole validated model or an error.
 """
 
 from __future__ import annotations
@@ -17,16 +27,30 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from .errors import ConfigError
 
 CONFIG_NAME = "isthmus.yaml"
 ENV_PREFIX = "ISTHMUS_PLUGINS__"
 ENABLED_KEY = "enabled"
+APP_ENV_PREFIX = "ISTHMUS_"
+ENV_DELIMITER = "__"
+ENV_SECTIONS = ("bridge", "edge")  # the isthmus.yaml sections the environment may override
+INTERNAL_FIELDS = frozenset({"path"})  # AppConfig fields that are not keys of the file
+SECTIONS = frozenset({"bridge", "edge", "plugins"})  # the mappings of isthmus.yaml
+ENV_ORIGIN = "env"  # the origin of plugin values set by ISTHMUS_PLUGINS__<ID>__<FIELD>
+DEFAULT_ORIGIN = "default"
 
 
 def user_config_dir() -> Path:
@@ -39,20 +63,100 @@ def default_state_dir() -> Path:
     return Path(base) / "isthmus"
 
 
-class AppConfig(BaseModel):
-    """The whole ``isthmus.yaml``. Unknown top-level keys are errors."""
+class BridgeConfig(BaseModel):
+    """The ``bridge:`` section: where the bridge listens and its limits (operations.md, "Limits
+    and sizes"). ``isthmus.bridge.app.BridgeSettings`` is this model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    host: str = "127.0.0.1"  # --host wins
+    port: int = Field(default=8000, ge=0, le=65535)  # --port wins
+    request_timeout: float = Field(default=60.0, gt=0)  # --request-timeout wins
+    max_body: int = Field(default=64 * 1024**3, gt=0)  # --max-body wins
+    tls: bool = False  # clients reach the bridge over TLS (set by --tls-cert; true behind a TLS proxy)
+    event_ring: int = Field(default=10_000, ge=0)
+    event_ring_bytes: int = Field(default=32 * 1024 * 1024, ge=0)  # the replay ring's budget, whatever the count
+    max_event: int = Field(default=1024 * 1024, gt=0)  # the largest notification an edge may publish
+    event_queue: int = Field(default=8 * 1024 * 1024, gt=0)  # bytes per event-stream client
+    max_header_bytes: int = Field(default=64 * 1024, gt=0)
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    idle_timeout: int = Field(default=30, gt=0)
+    preauth_per_address: int = Field(default=256, ge=0)  # 0: no cap
+
+
+class EdgeConfig(BaseModel):
+    """The ``edge:`` section: settings of an edge process itself (its plugins have their own)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    watch_config: bool = True  # reload plugin configs when isthmus.yaml or a plugin.yaml changes
+
+
+class _SectionEnv(EnvSettingsSource):
+    """``ISTHMUS_BRIDGE__<FIELD>`` and ``ISTHMUS_EDGE__<FIELD>`` only.
+
+    Plugin variables (``ISTHMUS_PLUGINS__...``) belong to the plugin chain, which keeps their
+    origin; the tokens' variables and everything else under ``ISTHMUS_`` are not config keys.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        prefixes = _section_env_prefixes()
+        self.env_vars = {k: v for k, v in self.env_vars.items() if k.lower().startswith(prefixes)}
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__call__().items() if k in ENV_SECTIONS}
+
+
+def _section_env_prefixes() -> tuple[str, ...]:
+    return tuple(f"{APP_ENV_PREFIX}{section}{ENV_DELIMITER}".lower() for section in ENV_SECTIONS)
+
+
+class AppConfig(BaseSettings):
+    """The whole ``isthmus.yaml``; the environment overrides the ``bridge:`` and ``edge:`` sections.
+
+    Unknown keys are errors, at the top and in the typed sections. Build it from a file with
+    :func:`load_app_config`; ``AppConfig(**data)`` takes the file's content as keywords.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", env_prefix=APP_ENV_PREFIX,
+                                      env_nested_delimiter=ENV_DELIMITER, case_sensitive=False)
 
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    scheduler: str = "auto"  # auto | slurm | pbs | none | simulated
+    scheduler: Literal["auto", "slurm", "pbs", "none", "simulated"] = "auto"
     state_dir: Path | None = None
     tokens_file: Path | None = None
-    bridge: dict[str, Any] = Field(default_factory=dict)
-    edge: dict[str, Any] = Field(default_factory=dict)
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
 
     # Not in the file: where it was read from.
     path: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: the environment over the keywords (the file's content); no .env, no secrets dir.
+        return (_SectionEnv(settings_cls), init_settings)
+
+    def bridge_settings(self, **flags: Any) -> BridgeConfig:
+        """The ``bridge:`` section with command-line values on top (``None`` = flag not given).
+
+        Raises ConfigError naming the flag when a value does not fit the model.
+        """
+        given = {k: v for k, v in flags.items() if v is not None}
+        try:
+            return BridgeConfig.model_validate({**self.bridge.model_dump(), **given})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            if name not in BridgeConfig.model_fields:
+                raise ConfigError(f"unknown bridge setting {name!r}") from exc
+            raise ConfigError(f"--{name.replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") from exc
 
     @property
     def config_dir(self) -> Path:
@@ -110,21 +214,78 @@ def check_trusted(path: Path) -> None:
 
 
 def load_app_config(explicit: str | Path | None = None) -> AppConfig:
+    """Find and read ``isthmus.yaml`` (see :func:`find_config`) under the environment's overrides."""
     path = find_config(explicit)
-    if path is None:
-        return AppConfig()
-    data = read_yaml(path)
+    return build_app_config(read_yaml(path) if path is not None else {}, path)
+
+
+def build_app_config(data: Mapping[Any, Any], path: Path | None = None) -> AppConfig:
+    """``data`` (the content of ``path``) as an AppConfig, with ``ISTHMUS_BRIDGE__*`` and
+    ``ISTHMUS_EDGE__*`` on top; a ConfigError names the file or variable and the key."""
+    # A section whose keys are all commented out reads as None: it means "all defaults".
+    values = {str(k): v for k, v in data.items() if not (v is None and k in SECTIONS)}
+    # Checked here, exactly: BaseSettings would match keywords case-insensitively and take
+    # those beginning with "_" as its own options (_cli_parse_args, _secrets_dir, ...).
+    known = _known_keys(())
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown key (known: {', '.join(known)})", file=str(path) if path else None,
+                          key=unknown[0])
     try:
-        config = AppConfig.model_validate(data)
+        config = AppConfig(**values)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc), file=str(path)) from exc
+        raise _app_config_error(exc, path) from exc
+    except SettingsError as exc:  # a variable pydantic-settings could not even parse
+        raise ConfigError(f"environment: {exc}") from exc
     config.path = path
     return config
 
 
-def _describe(exc: ValidationError, sources: Mapping[str, str] | None = None) -> str:
-    parts = []
+def _known_keys(parent: tuple[str, ...]) -> list[str]:
+    """The keys a typed part of isthmus.yaml accepts at ``parent`` (``()`` is the top)."""
+    model: type[BaseModel] = AppConfig
+    for part in parent:
+        info = model.model_fields.get(part)
+        annotation = info.annotation if info is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(k for k in model.model_fields if k not in INTERNAL_FIELDS)
+
+
+def _section_env_names() -> dict[str, str]:
+    """Lower-cased name -> name of the environment variables that override sections."""
+    prefixes = _section_env_prefixes()
+    return {name.lower(): name for name in os.environ if name.lower().startswith(prefixes)}
+
+
+def _app_config_error(exc: ValidationError, path: Path | None) -> ConfigError:
+    """One ConfigError for all problems; its file and key are the first problem's."""
+    env_names = _section_env_names()
+    problems: list[tuple[str | None, str, str]] = []  # (file, key, reason)
     for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top)"
+        if err["type"] == "extra_forbidden":
+            reason = f"unknown key (known: {', '.join(_known_keys(loc[:-1])) or 'none'})"
+        else:
+            reason = f"{err['msg']} (got {err.get('input')!r})"
+        base = (APP_ENV_PREFIX + ENV_DELIMITER.join(loc)).lower()
+        variable = next((name for lower, name in sorted(env_names.items())
+                         if lower == base or lower.startswith(base + ENV_DELIMITER)), None)
+        if variable is not None:
+            problems.append((None, key, f"{reason}; set by the environment variable {variable}"))
+        else:
+            problems.append((str(path) if path else None, key, reason))
+    file, key, reason = problems[0]
+    more = "".join(f"; also {f'file {f}, ' if f and f != file else ''}key {k}: {r}" for f, k, r in problems[1:])
+    return ConfigError(reason + more, file=file, key=key)
+
+
+def _describe(errors: list[Any], sources: Mapping[str, str] | None = None) -> str:
+    """Pydantic errors as "key (from origin): what was wrong (got value)"."""
+    parts = []
+    for err in errors:
         key = ".".join(str(p) for p in err["loc"]) or "(top)"
         top = str(err["loc"][0]) if err["loc"] else ""
         where = f" (from {sources[top]})" if sources and top in sources else ""
@@ -178,23 +339,76 @@ def plugin_enabled(app: AppConfig, plugin_id: str, default: bool,
 
 def load_plugin_config(plugin_id: str, model: type[BaseModel] | None, app: AppConfig,
                        environ: Mapping[str, str] | None = None,
-                       overlay: Mapping[str, Any] | None = None) -> tuple[BaseModel | None, ConfigSources]:
+                       overlay: Mapping[str, Any] | None = None, *,
+                       defaults: Mapping[str, Any] | None = None) -> tuple[BaseModel | None, ConfigSources]:
     """Build the plugin's config from the chain; raise ConfigError naming file and key.
 
-    ``overlay`` replaces the dedicated file's content (used to validate a PUT before
-    anything is written).
+    ``overlay`` replaces the dedicated file's content; ``defaults`` (a host's own, like the
+    demo's) sit just above the model's defaults.
     """
-    layers: list[tuple[str, dict[str, Any]]] = []
-    section = app.plugin_section(plugin_id)
-    yaml_name = str(app.path) if app.path else CONFIG_NAME
-    layers.append((yaml_name, section))
+    env = env_overrides(plugin_id, environ)
+    return _build_plugin_config(plugin_id, model, _plugin_layers(plugin_id, app, overlay, defaults, env))
+
+
+def check_plugin_document(plugin_id: str, model: type[BaseModel] | None, app: AppConfig,
+                          document: Mapping[str, Any], environ: Mapping[str, str] | None = None, *,
+                          defaults: Mapping[str, Any] | None = None) -> tuple[BaseModel | None, ConfigSources]:
+    """Validate ``document``, meant to become the plugin's dedicated file, before it is written.
+
+    The document must hold on its own, merged with ``isthmus.yaml`` and the defaults: an
+    environment override of a key does not excuse an invalid value of that key in the
+    document (the file outlives the environment, and would break the next start). Only a
+    key that the document leaves out and the environment provides may be missing. Then the
+    effective config (environment included) is built and returned.
+    """
+    env = env_overrides(plugin_id, environ)
+    _build_plugin_config(plugin_id, model, _plugin_layers(plugin_id, app, document, defaults, {}), provided=env)
+    return _build_plugin_config(plugin_id, model, _plugin_layers(plugin_id, app, document, defaults, env))
+
+
+_Layers: TypeAlias = list[tuple[str, Mapping[str, Any]]]
+
+
+def _plugin_layers(plugin_id: str, app: AppConfig, overlay: Mapping[str, Any] | None,
+                   defaults: Mapping[str, Any] | None, env: Mapping[str, Any]) -> _Layers:
+    """(origin, values), lowest first."""
+    layers: _Layers = []
+    if defaults:
+        layers.append((DEFAULT_ORIGIN, defaults))
+    layers.append((str(app.path) if app.path else CONFIG_NAME, app.plugin_section(plugin_id)))
     dedicated = app.plugin_file(plugin_id)
     if overlay is not None:
-        layers.append((str(dedicated), dict(overlay)))
+        layers.append((str(dedicated), overlay))
     elif dedicated.is_file():
         layers.append((str(dedicated), read_yaml(dedicated)))
-    layers.append(("env", env_overrides(plugin_id, environ)))
+    layers.append((ENV_ORIGIN, env))
+    return layers
 
+
+def _origin_error(plugin_id: str, message: str, origin: str | None, key: str | None) -> ConfigError:
+    """A ConfigError naming the file a key came from, or its environment variable."""
+    if origin == ENV_ORIGIN and key is not None:
+        variable = f"{ENV_PREFIX}{plugin_id.upper().replace('-', '_')}{ENV_DELIMITER}{key.upper()}"
+        return ConfigError(f"{message}; set by the environment variable {variable}", key=key)
+    return ConfigError(message, file=origin, key=key)
+
+
+def _has_path(tree: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
+    node: Any = tree
+    for part in loc:
+        if not isinstance(node, Mapping) or str(part) not in node:
+            return False
+        node = node[str(part)]
+    return True
+
+
+def _build_plugin_config(plugin_id: str, model: type[BaseModel] | None, layers: _Layers,
+                         provided: Mapping[str, Any] | None = None) -> tuple[BaseModel | None, ConfigSources]:
+    """Merge ``layers`` key by key (higher replaces lower) and validate.
+
+    With ``provided``, "missing" errors at keys it holds are not errors, and a result that
+    only lacks those keys is (None, sources).
+    """
     sources = ConfigSources()
     merged: dict[str, Any] = {}
     for origin, values in layers:
@@ -206,25 +420,29 @@ def load_plugin_config(plugin_id: str, model: type[BaseModel] | None, app: AppCo
     if model is None:
         if merged:
             key = next(iter(merged))
-            raise ConfigError(f"plugin {plugin_id} takes no configuration", file=sources.origin[key], key=key)
+            raise _origin_error(plugin_id, f"plugin {plugin_id} takes no configuration", sources.origin[key], key)
         return None, sources
     unknown = [k for k in merged if k not in model.model_fields]
     if unknown:
         key = unknown[0]
         expected = ", ".join(sorted(model.model_fields)) or "no keys"
-        raise ConfigError(f"unknown key {key!r} for plugin {plugin_id}; expected one of: {expected}",
-                          file=sources.origin[key], key=key)
+        raise _origin_error(plugin_id, f"unknown key {key!r} for plugin {plugin_id}; expected one of: {expected}",
+                            sources.origin[key], key)
     try:
         instance = model.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]["loc"]
-        key = str(first[0]) if first else None
-        raise ConfigError(_describe(exc, sources.origin), file=sources.origin.get(key or "", None),
-                          key=key) from exc
+        errors = [err for err in exc.errors()
+                  if not (provided and err["type"] == "missing" and _has_path(provided, err["loc"]))]
+        if not errors:
+            return None, sources
+        first = errors[0]["loc"]
+        bad_key = str(first[0]) if first else None
+        raise _origin_error(plugin_id, _describe(errors, sources.origin), sources.origin.get(bad_key or ""),
+                            bad_key) from exc
     dumped = instance.model_dump(mode="json")
     sources.values = dumped
     for key in dumped:
-        sources.origin.setdefault(key, "default")
+        sources.origin.setdefault(key, DEFAULT_ORIGIN)
     return instance, sources
 
 

@@ -17,7 +17,8 @@ from starlette.routing import Mount
 from isthmus.config import AppConfig
 from isthmus.runtime.host import PluginHost
 from isthmus.sdk.menu import MenuSection
-from isthmus.sdk.registry import entry_points, load_class
+from isthmus.sdk.plugin import load_class
+from isthmus.sdk.registry import entry_points
 
 INSTALLED = sorted(entry_points())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ OTHER_BUILTINS = ("queue_info", "psij", "tasks", "staging", "cluster", "simulato
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory):
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("platform")
     log = tmp / "lifecycle.log"
     marker = tmp / "disabled-imported"
@@ -81,11 +82,17 @@ def test_put_config_validates_writes_and_reloads(platform: Stack) -> None:
         assert bad.json()["detail"]["key"] == "size" and "plugin.yaml" in bad.json()["detail"]["message"]
         unknown = http.put("/test/_edge/plugins/fake/config", json={"colour": "x"})
         assert unknown.status_code == 422 and "colour" in unknown.json()["detail"]["message"]
+        assert platform.workdir is not None
+        dedicated = platform.workdir / "plugins" / "fake" / "plugin.yaml"
+        before = dedicated.read_bytes()
+        masked = http.put("/test/_edge/plugins/fake/config", json={"limit": "x"})  # the env sets limit
+        assert masked.status_code == 422 and masked.json()["detail"]["key"] == "limit", masked.text
+        assert dedicated.read_bytes() == before, "a refused config is not written"
         assert http.get("/test/fake/settings").json()["size"] == 2, "a rejected config changes nothing"
         good = http.put("/test/_edge/plugins/fake/config", json={"size": 5, "show_menu": False}).json()
         assert good["values"]["size"] == 5 and good["reload"] == "reloaded"
         assert http.get("/test/fake/settings").json()["size"] == 5
-        written = yaml.safe_load((platform.workdir / "plugins" / "fake" / "plugin.yaml").read_text())
+        written = yaml.safe_load(dedicated.read_text())
         assert written == {"size": 5, "show_menu": False}
         poll_for(lambda: "fake" not in [s["id"] for s in http.get("/menu").json()["sections"]], 10,
                  what="menu follows the reloaded config")
@@ -93,6 +100,7 @@ def test_put_config_validates_writes_and_reloads(platform: Stack) -> None:
 
 
 def test_file_change_and_sighup_reload(platform: Stack) -> None:
+    assert platform.workdir is not None
     dedicated = platform.workdir / "plugins" / "fake" / "plugin.yaml"
     with platform.http() as http:
         dedicated.write_text("size: 8\n")

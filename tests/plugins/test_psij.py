@@ -1,16 +1,23 @@
-"""psij with PSI/J's local executor, through real bridge and edge processes."""
+"""psij with PSI/J's local executor, through real bridge and edge processes.
+
+States are the project's one vocabulary (``isthmus.jobstates``), PSI/J's names mapped:
+NEW, PENDING (QUEUED), RUNNING (ACTIVE), DONE (COMPLETED), FAILED, CANCELLED (CANCELED).
+"""
 
 from __future__ import annotations
 
 import time
 
+import psij as psij_lib
 import psutil
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
-from isthmus import ClientError
+from isthmus import ClientError, jobstates
+from isthmus.jobstates import JobState, from_psij
+from isthmus.plugins.psij.client import is_final
 from isthmus.plugins.psij.config import PsijConfig
 from isthmus.plugins.psij.store import JobStore
 from isthmus.testing.stack import Stack, poll_for
@@ -37,13 +44,14 @@ def test_echo_hello_states_and_output(psij_stack) -> None:
     assert bridge.wait_for_events(10)
     job_id = psij.submit_job({"executable": "/bin/echo", "arguments": ["hello"]}, executor="local")
     final = psij.wait(job_id, timeout=30)
-    assert final["state"] == "COMPLETED" and final["exit_code"] == 0 and final["native_id"]
+    assert final["state"] == "DONE" and final["exit_code"] == 0 and final["native_id"]
     stdout, stderr = psij.tail(job_id)
     assert stdout == "hello\n" and stderr == ""
-    poll_for(lambda: (job_id, "COMPLETED") in seen, 10, what="COMPLETED notification")
+    poll_for(lambda: (job_id, "DONE") in seen, 10, what="DONE notification")
     states = [s for j, s in seen if j == job_id]
-    assert states == ["QUEUED", "ACTIVE", "COMPLETED"]
-    assert [h["state"] for h in final["history"]] == ["NEW", "QUEUED", "ACTIVE", "COMPLETED"]
+    assert states == ["PENDING", "RUNNING", "DONE"]
+    assert [h["state"] for h in final["history"]] == ["NEW", "PENDING", "RUNNING", "DONE"]
+    assert final["started"] == final["history"][2]["time"] and final["finished"]
     assert any(j["job_id"] == job_id for j in psij.list_jobs())
 
 
@@ -58,7 +66,7 @@ def test_failing_job_reports_exit_code(psij_stack) -> None:
 def test_cancel_sleep_kills_the_process(psij_stack) -> None:
     psij, _ = client_for(psij_stack)
     job_id = psij.submit_job({"executable": "/bin/sleep", "arguments": ["600"]}, "local")
-    poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 20, what="job ACTIVE")
+    poll_for(lambda: psij.get_job_status(job_id)["state"] == "RUNNING", 20, what="job RUNNING")
 
     def sleepers() -> list[psutil.Process]:
         """This job's processes: its wrapper (whose command line names the job) and what it runs."""
@@ -72,7 +80,7 @@ def test_cancel_sleep_kills_the_process(psij_stack) -> None:
     poll_for(lambda: sleepers(), 10, what="the sleep process")
     assert psij.cancel_job(job_id)["status"] == "cancel requested"
     final = psij.wait(job_id, timeout=30)
-    assert final["state"] == "CANCELED"
+    assert final["state"] == "CANCELLED"
     poll_for(lambda: not sleepers(), 10, what="the sleep process gone")
 
 
@@ -135,14 +143,14 @@ def test_edge_restart_keeps_and_reattaches_jobs(tmp_path) -> None:
         psij.wait(done_id, timeout=30)
         job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "sleep 3; echo after; exit 0"]},
                                  "local")
-        poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 20, what="job ACTIVE")
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "RUNNING", 20, what="job RUNNING")
         s.kill_edge()  # SIGKILL: no clean shutdown
         s.wait_edge(present=False)
         s.start_edge()
         psij2, _ = client_for(s)
         assert {done_id, job_id} <= {j["job_id"] for j in psij2.list_jobs()}
         final = psij2.wait(job_id, timeout=30)
-        assert final["state"] == "COMPLETED" and final["exit_code"] == 0
+        assert final["state"] == "DONE" and final["exit_code"] == 0
         assert psij2.tail(job_id)[0] == "after\n"
         assert psij2.tail(done_id)[0] == "before\n"
 
@@ -151,7 +159,7 @@ def test_job_that_ends_while_the_edge_is_down(tmp_path) -> None:
     with Stack(plugins=["psij"], config=CONFIG, workdir=tmp_path / "w") as s:
         psij, _ = client_for(s)
         job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "sleep 1; exit 3"]}, "local")
-        poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 20, what="job ACTIVE")
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "RUNNING", 20, what="job RUNNING")
         s.kill_edge()
         time.sleep(2)
         s.start_edge()
@@ -166,8 +174,8 @@ def test_store_retention(tmp_path) -> None:
                "state": "NEW", "exit_code": None, "message": None, "stdout_path": "o", "stderr_path": "e",
                "exit_file": "x", "workdir": str(tmp_path / f"j{i}")}
         store.create(rec)
-        store.transition(f"j{i}", "COMPLETED", 0)
-    store.create({**rec, "id": "running", "state": "ACTIVE"})
+        store.transition(f"j{i}", "DONE", 0)
+    store.create({**rec, "id": "running", "state": "RUNNING"})
     assert [r["id"] for r in store.prune(max_age=1e9, max_jobs=10)] == ["j0", "j1", "j2", "j3", "j4", "j5"]
     assert len(store.list()) == 10 and store.get("running") is not None
     assert store.transition("j14", "FAILED") is None  # final stays final
@@ -193,7 +201,48 @@ def test_in_process_submission_without_a_host(tmp_path, monkeypatch) -> None:
         sid = client.post("/psij/register_session").json()["sid"]
         job_id = client.post(f"/psij/submit_job/{sid}", json={"executable": "/bin/echo", "arguments": "a b",
                                                                "executor": "local"}).json()["job_id"]
-        poll_for(lambda: client.get(f"/psij/job_status/{sid}/{job_id}").json()["state"] == "COMPLETED", 20,
+        poll_for(lambda: client.get(f"/psij/job_status/{sid}/{job_id}").json()["state"] == "DONE", 20,
                  what="flat-form job done")
         assert client.get(f"/psij/job_status/{sid}/{job_id}", params={"stdout_offset": 2}).json()["stdout"] == "b\n"
     assert plugin.dir == tmp_path / "isthmus" / "psij"
+
+
+def test_one_vocabulary_and_psij_names_mapped_in_one_place() -> None:
+    """Every PSI/J state has exactly one name of ours; the scheduler layer uses the very same enum."""
+    from isthmus import schedulers
+
+    assert schedulers.JobState is JobState and jobstates.FINAL == {JobState.DONE, JobState.FAILED,
+                                                                   JobState.CANCELLED}
+    mapped = {s.name: from_psij(s.name) for s in psij_lib.JobState}
+    assert mapped == {"NEW": JobState.NEW, "QUEUED": JobState.PENDING, "ACTIVE": JobState.RUNNING,
+                      "COMPLETED": JobState.DONE, "FAILED": JobState.FAILED, "CANCELED": JobState.CANCELLED}
+    assert all(from_psij(s.name).final == s.final for s in psij_lib.JobState)
+    assert from_psij("COMPLETED", 3) is JobState.FAILED and from_psij("COMPLETED", 0) is JobState.DONE
+    assert from_psij("CANCELED", 143) is JobState.CANCELLED and from_psij("BOGUS") is JobState.UNKNOWN
+    assert jobstates.parse("RUNNING") is JobState.RUNNING and jobstates.parse("ACTIVE") is JobState.RUNNING
+    assert [is_final(s) for s in ("DONE", "CANCELLED", "COMPLETED", "CANCELED", "RUNNING", "NEW", None)] == \
+        [True, True, True, True, False, False, False]
+
+
+def test_store_rewrites_records_kept_under_psij_names(tmp_path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    store = JobStore(path)
+    base = {"owner": "a", "executor": "local", "native_id": "1", "spec": {"executable": "x"}, "exit_code": None,
+            "message": None, "stdout_path": "o", "stderr_path": "e", "exit_file": "x", "workdir": "w"}
+    store.create({**base, "id": "old-done", "state": "NEW"})
+    for legacy in ("QUEUED", "ACTIVE", "COMPLETED"):  # as an edge before the one vocabulary wrote them
+        store._db.execute("UPDATE jobs SET state = ?, history = json_insert(history, '$[#]', "
+                          "json_object('state', ?, 'time', 1.0)) WHERE id = 'old-done'", (legacy, legacy))
+    store.create({**base, "id": "old-running", "state": "NEW"})
+    store._db.execute("UPDATE jobs SET state = 'ACTIVE' WHERE id = 'old-running'")
+    store.create({**base, "id": "old-cancelled", "state": "CANCELED"})
+    store.close()
+    store = JobStore(path)
+    done = store.get("old-done")
+    assert done is not None and done["state"] == "DONE"
+    assert [h["state"] for h in done["history"]] == ["NEW", "PENDING", "RUNNING", "DONE"]
+    assert [r["id"] for r in store.unfinished()] == ["old-running"]
+    assert store.get("old-running")["state"] == "RUNNING"  # type: ignore[index]
+    assert store.transition("old-cancelled", "FAILED") is None  # CANCELLED: final, stays final
+    assert {r["id"] for r in store.prune(max_age=-1, max_jobs=10)} == {"old-done", "old-cancelled"}
+    store.close()

@@ -116,7 +116,7 @@ def test_cache_failure_reaches_every_waiter() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
-def test_scheduler_errors_become_502(monkeypatch) -> None:
+def test_a_missing_scheduler_cli_is_503(monkeypatch) -> None:
     from isthmus.schedulers.slurm import Slurm
 
     monkeypatch.setenv("PATH", "/nonexistent")
@@ -127,7 +127,7 @@ def test_scheduler_errors_become_502(monkeypatch) -> None:
         client = TestClient(app)
         sid = client.post("/queue_info/register_session").json()["sid"]
         resp = client.get(f"/queue_info/get_info/{sid}")
-        assert resp.status_code == 502 and "sinfo not found" in resp.json()["detail"]
+        assert resp.status_code == 503 and "sinfo not found" in resp.json()["detail"]["message"]
     finally:
         schedulers.use(None)
 
@@ -156,7 +156,7 @@ def test_only_scheduler_executors_name_scheduler_jobs(tmp_path) -> None:
 def test_psij_records_are_found_beside_psij(tmp_path, monkeypatch) -> None:
     from isthmus.config import AppConfig
     from isthmus.runtime.host import PluginHost
-    from isthmus.sdk.registry import registry
+    from isthmus.sdk.plugin import registry
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     alone = PluginHost(AppConfig(state_dir=tmp_path / "state"), ["queue_info"], name="t")

@@ -123,6 +123,18 @@ def test_job_state_mapping(raw, reason, expected) -> None:
     assert slurm.job_state(raw, reason) is expected
 
 
+def test_backends_map_onto_the_one_vocabulary() -> None:
+    """Slurm and PBS states land on ``isthmus.jobstates.JobState`` (never NEW: that one is Isthmus's own)."""
+    from isthmus import jobstates
+
+    assert JobState is jobstates.JobState
+    for table in (slurm._JOB_STATES, pbs._JOB_STATES):
+        assert all(isinstance(s, jobstates.JobState) and s is not JobState.NEW for s in table.values())
+    assert {s.value for s in JobState} == {"NEW", "PENDING", "HELD", "RUNNING", "DONE", "FAILED", "CANCELLED",
+                                           "UNKNOWN"}
+    assert pbs.job_state("F", 271) is JobState.CANCELLED and pbs.job_state("F", 0) is JobState.DONE
+
+
 def test_durations() -> None:
     assert slurm.parse_duration("UNLIMITED") is None
     assert slurm.parse_duration("30") == 1800

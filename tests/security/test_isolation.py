@@ -333,7 +333,7 @@ def queue(tmp_path) -> Iterator[tuple[InProcess, RecordedPBS, JobStore]]:
 
 def record(store: JobStore, job_id: str, owner: str, executor: str, native_id: str) -> None:
     store.create({"id": job_id, "owner": owner, "executor": executor, "native_id": native_id,
-                  "spec": {"executable": "/bin/sleep"}, "state": "ACTIVE", "exit_code": None, "message": None,
+                  "spec": {"executable": "/bin/sleep"}, "state": "RUNNING", "exit_code": None, "message": None,
                   "stdout_path": "/dev/null", "stderr_path": "/dev/null", "exit_file": "/dev/null",
                   "workdir": "/tmp"})
 

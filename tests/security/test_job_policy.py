@@ -91,7 +91,7 @@ def test_psij_job_gets_a_clean_environment(psij_stack: Stack) -> None:
     psij = psij_client(psij_stack)
     job_id = psij.submit_job({"executable": "/usr/bin/env", "environment": {"JOB_VAR": "from-spec"}}, "local")
     final = psij.wait(job_id, timeout=30)
-    assert final["state"] == "COMPLETED", final
+    assert final["state"] == "DONE", final
     out = psij.tail(job_id)[0]
     assert_clean(out, psij_stack, "psij job")
     lines = out.splitlines()
@@ -267,7 +267,7 @@ def test_output_through_a_symlink_to_a_home_dot_file(psij_stack: Stack, home: Pa
     psij = psij_client(psij_stack)
     job_id = psij.submit_job({"executable": "/bin/echo", "arguments": ["ok"], "stdout_path": "~/out/.log"},
                              "local")
-    assert psij.wait(job_id, timeout=30)["state"] == "COMPLETED"
+    assert psij.wait(job_id, timeout=30)["state"] == "DONE"
     assert (home / "out" / ".log").read_text() == "ok\n"
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from isthmus.bridge.app import Bridge, BridgeSettings
 from isthmus.bridge.auth import COOKIE_NAME, TokenStore
-from isthmus.bridge.proxy import PROXIED_CSP, relay_headers
+from isthmus.bridge.headers import PROXIED_CSP, relay_headers
 from isthmus.sdk.ui import UIConfigError, endpoint_problem, invalid_endpoints, validate_ui_config
 from isthmus.testing.stack import Stack
 from tests.conftest import support_env

@@ -1,10 +1,19 @@
-"""The cluster plugin on the real Slurm: drain reasons, jobs per node."""
+"""The cluster plugin on the real Slurm: drain reasons, jobs per node, snapshots that say their age.
+
+Slurm has no drain through Isthmus (``POST node/{name}/drain`` answers 501): a drain made with
+``scontrol`` is outside Isthmus, so it shows at the next snapshot, within ``refresh_interval``,
+and every answer says how old its snapshot is (``as_of``, ``age``).
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 
+import pytest
+
+from isthmus.errors import ClientError
 from isthmus.testing.stack import Stack
 from tests.slurm.conftest import wait_until
 
@@ -29,6 +38,12 @@ def test_drain_and_jobs_per_node(slurm, sbatch) -> None:
                               "node draining")
             assert node["severity"] == "WARN" and node["reason"] == "fan failure (isthmus test)"
             assert cluster.summary()["by_severity"]["WARN"] == 1
+            assert node["as_of"] <= time.time() and 0 <= node["age"] < 5  # refresh_interval 0.5 s, plus slack
+            first = cluster.summary()["as_of"]
+            wait_until(lambda: cluster.summary()["as_of"] > first, 10, "a newer snapshot")
+            with pytest.raises(ClientError) as err:
+                cluster.drain("localhost", "through isthmus")
+            assert err.value.status_code == 501 and "slurm" in str(err.value)
         finally:
             subprocess.run(["scontrol", "update", "nodename=localhost", "state=resume"], check=True)
         wait_until(lambda: cluster.node("localhost")["severity"] == "OK", 20, "node back to OK")

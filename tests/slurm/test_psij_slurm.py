@@ -26,12 +26,12 @@ def test_echo_on_slurm(slurm_psij) -> None:
     job_id = psij.submit_job({"executable": "/bin/echo", "arguments": ["hello"],
                               "attributes": {"queue_name": "debug", "duration": 60}})
     final = psij.wait(job_id, timeout=90)
-    assert final["executor"] == "slurm" and final["state"] == "COMPLETED" and final["exit_code"] == 0
+    assert final["executor"] == "slurm" and final["state"] == "DONE" and final["exit_code"] == 0
     assert final["native_id"].isdigit()
     assert psij.tail(job_id)[0] == "hello\n"
-    poll_for(lambda: (job_id, "COMPLETED") in seen, 10, what="COMPLETED event")
+    poll_for(lambda: (job_id, "DONE") in seen, 10, what="DONE event")
     states = [s for j, s in seen if j == job_id]
-    assert states[0] == "QUEUED" and states[-1] == "COMPLETED" and "ACTIVE" in states
+    assert states[0] == "PENDING" and states[-1] == "DONE" and "RUNNING" in states
 
 
 def test_failure_and_custom_attributes_on_slurm(slurm_psij) -> None:
@@ -46,11 +46,11 @@ def test_cancel_on_slurm(slurm_psij) -> None:
     psij, _, _ = slurm_psij
     job_id = psij.submit_job({"executable": "/bin/sleep", "arguments": ["600"],
                               "attributes": {"queue_name": "long", "duration": "00:20:00"}})
-    poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 60, 0.5, what="job ACTIVE")
+    poll_for(lambda: psij.get_job_status(job_id)["state"] == "RUNNING", 60, 0.5, what="job RUNNING")
     native = psij.get_job_status(job_id)["native_id"]
     psij.cancel_job(job_id)
     final = psij.wait(job_id, timeout=90)
-    assert final["state"] == "CANCELED"
+    assert final["state"] == "CANCELLED"
 
     def gone() -> bool:
         out = subprocess.run(["squeue", "-h", "-j", native, "-o", "%T"], capture_output=True, text=True).stdout
@@ -68,14 +68,14 @@ def test_edge_restart_reattaches_slurm_job(slurm, tmp_path) -> None:
         psij = s.client().get_edge_client("test").get_plugin("psij")
         job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "sleep 4; echo survived"],
                                   "attributes": {"queue_name": "debug", "duration": 120}})
-        poll_for(lambda: psij.get_job_status(job_id)["state"] == "ACTIVE", 60, 0.5, what="job ACTIVE")
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "RUNNING", 60, 0.5, what="job RUNNING")
         s.kill_edge()
         s.wait_edge(present=False)
         s.start_edge()
         again = s.client().get_edge_client("test").get_plugin("psij")
         assert job_id in {j["job_id"] for j in again.list_jobs()}
         final = again.wait(job_id, timeout=90)
-        assert final["state"] == "COMPLETED" and final["exit_code"] == 0
+        assert final["state"] == "DONE" and final["exit_code"] == 0
         assert again.tail(job_id)[0] == "survived\n"
 
 
@@ -88,7 +88,7 @@ def test_clean_environment_on_slurm(slurm_psij) -> None:
                               "attributes": {"queue_name": "debug", "duration": 60}})
     final = psij.wait(job_id, timeout=90)
     out = psij.tail(job_id)[0]
-    assert final["state"] == "COMPLETED", (final, psij.tail(job_id))
+    assert final["state"] == "DONE", (final, psij.tail(job_id))
     batch, step = out.split("STEP\n")
     for part in (batch, step):
         lines = part.splitlines()
@@ -103,5 +103,5 @@ def test_newlines_stay_inside_arguments_on_slurm(slurm_psij) -> None:
     psij, _, _ = slurm_psij
     job_id = psij.submit_job({"executable": "/bin/sh", "arguments": ["-c", "echo one\necho 'two'"],
                               "attributes": {"queue_name": "debug", "duration": 60}})
-    assert psij.wait(job_id, timeout=90)["state"] == "COMPLETED"
+    assert psij.wait(job_id, timeout=90)["state"] == "DONE"
     assert psij.tail(job_id)[0] == "one\ntwo\n"

@@ -122,3 +122,68 @@ class PluginEvil(Plugin):
     description = "<script>window.__pwned=2</script> description"
     ui_config = {"title": "<b onmouseover=alert(1)>evil</b>", "description": "<script>window.__pwned=3</script>",
                  "monitors": [{"id": "m", "title": "<i>raw</i>", "type": "raw", "endpoint": "version"}]}
+
+
+# -- errors of every kind, raised from both route styles (tests/integration/test_error_path.py) ----
+
+def fault(kind: str) -> BaseException:
+    """The exception a test asks a route to raise, by name."""
+    from fastapi import HTTPException
+
+    from isthmus.errors import ConfigError, PluginError, SchedulerError, SessionNotFound
+
+    faults: dict[str, BaseException] = {
+        "plugin": PluginError({"message": "I'm a teapot", "shape": "short and stout"}, 418),
+        "session": SessionNotFound("no session session.1; call register_session first"),
+        "scheduler": SchedulerError("squeue failed (exit 1): boom", command=["squeue", "--json"], stderr="boom"),
+        "http": HTTPException(409, "busy: try again", headers={"Retry-After": "3"}),
+        "value": ValueError("count must be positive"),
+        "recursion": RecursionError("maximum recursion depth exceeded"),
+        "overflow": OverflowError("int too large to convert"),
+        "config": ConfigError("expected a number", file="faults.yaml", key="limit"),
+        "boom": RuntimeError("disk on fire"),
+    }
+    return faults[kind]
+
+
+async def scheduler_failure(kind: str) -> str:
+    """Run a scheduler-like CLI that fails the way ``kind`` says, through ``run_command``."""
+    from isthmus.schedulers.base import run_command
+
+    if kind == "failed":
+        return await run_command(["sh", "-c", "echo 'sbatch: error: invalid partition' >&2; exit 1"])
+    if kind == "missing":
+        return await run_command(["isthmus-no-such-scheduler-cli", "--json"])
+    if kind == "timeout":
+        return await run_command(["sleep", "5"], timeout=0.2)
+    raise ValueError(f"no scheduler failure {kind!r}")
+
+
+class PluginFaults(Plugin):
+    """Raises every kind of error from ``add_route_*`` routes and from ``register_routes`` ones."""
+
+    plugin_name = "faults"
+
+    def __init__(self, app: Any = None, instance_name: str | None = None) -> None:
+        super().__init__(app, instance_name)
+        self.add_route_get("raise/{kind}", self.raise_kind)
+        self.add_route_get("scheduler/{kind}", self.scheduler)
+
+    async def raise_kind(self, request: Request) -> dict[str, Any]:
+        raise fault(request.path_params["kind"])
+
+    async def scheduler(self, request: Request) -> dict[str, Any]:
+        return {"out": await scheduler_failure(request.path_params["kind"])}
+
+    def register_routes(self, router: Any) -> None:
+        @router.get("/r/raise/{kind}")
+        async def raise_kind(kind: str) -> dict[str, Any]:
+            raise fault(kind)
+
+        @router.get("/r/scheduler/{kind}")
+        async def scheduler(kind: str) -> dict[str, Any]:
+            return {"out": await scheduler_failure(kind)}
+
+        @router.post("/r/typed")
+        async def typed(count: int, body: dict[str, int]) -> dict[str, Any]:
+            return {"count": count, "body": body}

@@ -53,11 +53,11 @@ def test_psij_job_reaches_completed_with_output(page, demo) -> None:
     page.wait_for_selector(".psij-submit")
     page.fill("#psij-args", "hello from the explorer")
     page.click(".psij-submit button[type=submit]")
-    page.wait_for_selector(".psij-jobs .st-COMPLETED", timeout=30000)
+    page.wait_for_selector(".psij-jobs .st-DONE", timeout=30000)
     page.click(".psij-jobs tbody tr:first-child td:first-child button")
     page.wait_for_selector(".job-stdout")
     assert page.inner_text(".job-stdout").strip() == "hello from the explorer"
-    assert "COMPLETED" in page.inner_text("#taskbar")
+    assert "DONE" in page.inner_text("#taskbar")
     shot(page, "psij")
     page.keyboard.press("Escape")
     assert page.errors == []

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from isthmus import MenuItem, MenuSection, get_app_config, get_topology
 from isthmus import Plugin as RackscopePlugin
 from isthmus.config import AppConfig
-from isthmus.sdk.registry import registry
+from isthmus.sdk.plugin import registry
 
 logger = logging.getLogger(__name__)
 

@@ -8,22 +8,31 @@ document is served, at ``/api/openapi.json``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from ..sdk.plugin import validation_errors
 from ..types import Principal, Role
-from .auth import COOKIE_NAME, same_origin
+from .auth import COOKIE_NAME, TokenStore, same_origin
+from .edges import EdgeRegistry
 
-if TYPE_CHECKING:
-    from .app import Bridge
+
+class Bridge(Protocol):
+    """What the API needs of the bridge (a Protocol, so api.py does not import app.py)."""
+
+    edges: EdgeRegistry
+    tokens: TokenStore
+    settings: Any
+
+    def request_exit(self) -> None: ...
 
 
 def principal_of(request: Request) -> Principal:
-    principal = getattr(request.state, "principal", None)
+    principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         raise HTTPException(401, "authentication required: send 'Authorization: Bearer <token>'")
     return principal
@@ -43,16 +52,6 @@ class Login(BaseModel):
 LOGIN_BODY = 'the body must be JSON: {"token": "<token>"}'
 
 
-def _without_input(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """Validation errors as ``type, loc, msg`` only: FastAPI's ``input`` and ``ctx`` repeat what
-    was sent, which may be a credential (a token sent where a string was expected...)."""
-    out = []
-    for error in exc.errors():
-        loc = [part for part in error.get("loc", ()) if isinstance(part, (str, int))]
-        out.append({"type": str(error.get("type", "")), "loc": loc, "msg": str(error.get("msg", ""))})
-    return out
-
-
 def refuse_cross_site(request: Request) -> None:
     """403 for a browser request sent by another site (the same check app.py makes for
     cookie-authenticated writes); used on the routes that need no credentials."""
@@ -66,7 +65,7 @@ def build_api(bridge: Bridge) -> FastAPI:
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _without_input(exc)}, status_code=422)
+        return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
 
     @api.get("/edge/list", operation_id="edge_list")
     @api.post("/edge/list", operation_id="edge_list_post")  # one id per method: OpenAPI needs them unique

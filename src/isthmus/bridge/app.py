@@ -14,19 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..config import AppConfig
+from ..config import AppConfig, BridgeConfig
+from ..runtime.dispatch import Dispatcher
 from ..runtime.host import PluginHost
-from ..types import Principal, Role, current_principal
+from ..types import Principal, Role
+from ..wire.peer import Peer, memory_pair
 from .api import build_api
 from .auth import TokenStore, credentials, digest, same_origin
-from .bodies import CLOSE, BodyTooLarge, ClientGone, read_body, replay, request_deadline, serve_limited
-from .edges import EdgeRegistry
+from .bodies import CLOSE, BodyTooLarge, ClientGone, read_body, replay
+from .edges import EdgeLink, EdgeRegistry
 from .events import EventBus, serve_events
 from .proxy import forward, respond
 from .server import guard_of
@@ -44,22 +45,7 @@ PUBLIC_BODY_TIMEOUT = 10.0
 REVOCATION_CHECK = 0.5  # seconds between looks at the token file for revoked tokens
 
 
-@dataclass
-class BridgeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    request_timeout: float = 60.0
-    max_body: int = 64 * 1024**3
-    tls: bool = False
-    event_ring: int = 10_000
-    event_ring_bytes: int = 32 * 1024 * 1024  # the replay ring's budget, whatever the count
-    max_event: int = 1024 * 1024  # the largest notification an edge may publish
-    event_queue: int = 8 * 1024 * 1024  # bytes per event-stream client
-    max_header_bytes: int = 64 * 1024
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    idle_timeout: int = 30
-    preauth_per_address: int = 256
+BridgeSettings = BridgeConfig  # the typed `bridge:` section of isthmus.yaml (isthmus.config)
 
 
 class Bridge:
@@ -71,11 +57,14 @@ class Bridge:
         self.bus = EventBus(settings.event_ring, settings.event_queue, ring_bytes=settings.event_ring_bytes)
         self.edges = EdgeRegistry(tokens, self.bus, max_body=settings.max_body, max_event=settings.max_event)
         self.local: PluginHost | None = None
+        self.local_edge: EdgeLink | None = None
+        self._local_server: Peer | None = None
         if plugins:
             self.local = PluginHost(self.app_config, plugins, notify=self._local_notify, name="bridge")
             self.local.load()
             self.edges.local_topology = self.local.manifests
             self.edges.topology_listeners.append(self.local.set_topology)
+            self.local_edge = self._local_link(self.local)
         self.api = build_api(self)
         self.explorer: Any = None
         self._exit: Callable[[], None] | None = None
@@ -84,7 +73,7 @@ class Bridge:
         try:
             from .explorer import build_explorer
 
-            self.explorer = build_explorer(self)
+            self.explorer = build_explorer()
         except ImportError:
             self.explorer = None
 
@@ -100,8 +89,20 @@ class Bridge:
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._revocations = asyncio.create_task(self._enforce_revocations(), name="revocations")
+        if self.local_edge is not None and self._local_server is not None:
+            self.local_edge.peer.start()
+            self._local_server.start()
         if self.local is not None:
             await self.local.startup()
+
+    def _local_link(self, host: PluginHost) -> EdgeLink:
+        """The bridge's own plugins as an edge named ``bridge`` joined by an in-memory link."""
+        client, server = memory_pair("bridge")
+        server.handlers.update(Dispatcher(host.app, host.failed_plugin).handlers(server))
+        edge = EdgeLink("bridge", client, {}, {"host": None})
+        client.handlers.update(self.edges.call_handlers(edge))
+        self._local_server = server
+        return edge
 
     async def _enforce_revocations(self) -> None:
         """Close event streams and edge links whose token was revoked (within a second)."""
@@ -124,6 +125,9 @@ class Bridge:
             edge = self.edges.edges.get(name)
             if edge is not None and edge.closer is not None:
                 await edge.closer(1001, "bridge shutting down")
+        if self.local_edge is not None and self._local_server is not None:
+            await self.local_edge.peer.close()
+            await self._local_server.close()
         if self.local is not None:
             await self.local.shutdown()
 
@@ -248,23 +252,13 @@ class Bridge:
 
     async def _local_plugin(self, rest: str, scope: dict[str, Any], receive: Any, send: Any,
                             principal: Principal) -> None:
-        if self.local is None:
+        """Bridge-hosted plugins: the same call path as an edge's, over an in-memory link."""
+        if self.local_edge is None:
             await respond(send, 404, "this bridge hosts no plugins (start it with --plugins)")
             return
-        plugin = rest.partition("/")[0]
-        failure = self.local.failed_plugin(plugin)
-        if failure:
-            await respond(send, 503, f"plugin {plugin} is not available: {failure}")
-            return
-        inner = dict(scope)
-        inner["path"] = "/" + rest
-        inner["raw_path"] = inner["path"].encode()
-        token = current_principal.set(principal)
-        try:
-            await serve_limited(self.local.app, inner, receive, send, max_body=self.settings.max_body,
-                                deadline=request_deadline(scope, self.settings.request_timeout))
-        finally:
-            current_principal.reset(token)
+        await forward(self.local_edge, "/" + rest, scope, receive, send, principal,
+                      rid=next(self.edges.ids), max_body=self.settings.max_body,
+                      deadline=self.settings.request_timeout)
 
 
 def tokens_path(app_config: AppConfig, explicit: str | Path | None = None) -> Path:

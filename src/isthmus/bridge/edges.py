@@ -25,7 +25,8 @@ import orjson
 from ..errors import ProtocolError
 from ..types import Principal
 from ..wire import protocol as P
-from ..wire.link import Link, LinkClosed
+from ..wire.call import Call, CallAborted
+from ..wire.peer import Peer
 from .auth import TokenStore, digest
 from .events import EventBus
 from .server import guard_of
@@ -43,23 +44,21 @@ PING_INTERVAL = 15.0
 SILENCE_LIMIT = 45.0
 
 
-class EdgeGone(ConnectionError):
-    """The edge disconnected while a request was in flight."""
+EdgeGone = CallAborted  # the edge disconnected or aborted while a request was in flight
 
 
 class EdgeLink:
-    """The bridge's side of one connected edge."""
+    """The bridge's side of one connected edge (or of the bridge's own plugins)."""
 
-    def __init__(self, name: str, link: Link, manifest: dict[str, Any], info: dict[str, Any],
+    def __init__(self, name: str, peer: Peer, manifest: dict[str, Any], info: dict[str, Any],
                  credential: str = "") -> None:
         self.name = name
-        self.link = link
+        self.peer = peer
         self.plugins: dict[str, Any] = manifest
         self.info = info
         self.credential = credential  # digest of the enrolment token it connected with
         self.key = secrets.token_urlsafe(24)  # shown only to this connection, in welcome
         self.connected_at = time.time()
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.requests = 0
         self.close_reason: str | None = None
         self.closer: Callable[[int, str], Any] | None = None
@@ -70,12 +69,15 @@ class EdgeLink:
         return {"plugins": self.plugins, "connected_at": self.connected_at,
                 "host": self.info.get("host"), "requests": self.requests, "replaced": self.replaced}
 
+    def call(self, rid: int, deadline: float) -> Call:
+        """A new call to this edge; the proxy owns it until ``finish``."""
+        self.requests += 1
+        return Call(self.peer, rid, deadline)
+
     def fail_all(self, why: str) -> None:
         exc = EdgeGone(why)
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self.pending.clear()
+        for call in list(self.peer.calls.values()):
+            call.abort(exc)
 
 
 class EdgeRegistry:
@@ -110,7 +112,7 @@ class EdgeRegistry:
         topo = self.topology()
         self.bus.topology(topo)
         for edge in self.edges.values():
-            edge.link.send({"t": P.TOPOLOGY, "edges": topo})
+            edge.peer.send({"t": P.TOPOLOGY, "edges": topo})
         for listener in self.topology_listeners:
             result = listener(topo)
             if asyncio.iscoroutine(result):
@@ -121,8 +123,8 @@ class EdgeRegistry:
         for edge in list(self.edges.values()):
             if not self.tokens.edge_allowed_digest(edge.credential, edge.name):
                 log.warning("edge %s: its enrolment token was revoked; closing its link", edge.name)
-                edge.link.send({"t": P.REFUSE, "reason": "enrolment token revoked", "retry": 300})
-                await edge.link.flush(0.5)
+                edge.peer.send({"t": P.REFUSE, "reason": "enrolment token revoked", "retry": 300})
+                await edge.peer.flush(0.5)
                 if edge.closer is not None:
                     await edge.closer(4003, "enrolment token revoked")
 
@@ -130,8 +132,8 @@ class EdgeRegistry:
         edge = self.edges.get(name)
         if edge is None:
             return False
-        edge.link.send({"t": P.SHUTDOWN, "reason": reason})
-        await edge.link.flush()
+        edge.peer.send({"t": P.SHUTDOWN, "reason": reason})
+        await edge.peer.flush()
         if edge.closer is not None:
             await edge.closer(1000, reason)
         return True
@@ -157,36 +159,43 @@ class EdgeRegistry:
                 except Exception:  # noqa: BLE001 - already gone
                     pass
 
-        link = Link(send_bytes, name="?")
-        link.start()
+        peer = Peer(send_bytes, name="?", max_containers=P.MAX_CONTAINERS)
+        peer.start()
         edge: EdgeLink | None = None
+        failures: list[BaseException] = []
+        peer.on_failure = failures.append
         try:
             hello = await asyncio.wait_for(self._read_hello(receive), HELLO_TIMEOUT)
-            edge = await self._enrol(hello, link)
+            edge = await self._enrol(hello, peer)
             if edge is None:
-                await link.flush()
+                await peer.flush()
                 await close(1008, "refused")
                 return
             guard = guard_of(scope)
             if guard is not None:
                 guard.authenticated()
             edge.closer = close
-            pinger = asyncio.create_task(self._pinger(edge, close))
+            peer.handlers.update(self._handlers(edge))
+
+            async def silent() -> None:
+                await close(1011, "silent")
+
+            pinger = asyncio.create_task(peer.heartbeat(PING_INTERVAL, SILENCE_LIMIT, silent))
             try:
-                await self._read_loop(edge, receive)
+                await self._read_loop(edge, receive, failures)
             finally:
                 pinger.cancel()
         except (TimeoutError, ProtocolError) as exc:
             log.warning("edge connection dropped: %s", exc)
-            await close(1002, str(exc))
+            await close(1002, str(exc)[:120])
         finally:
-            await link.close()
             if edge is not None:
                 edge.fail_all(f"edge {edge.name} disconnected")
-                if self.edges.get(edge.name) is edge:
-                    del self.edges[edge.name]
-                    log.info("edge %s disconnected", edge.name)
-                    self._announce()
+            await peer.close()
+            if edge is not None and self.edges.get(edge.name) is edge:
+                del self.edges[edge.name]
+                log.info("edge %s disconnected", edge.name)
+                self._announce()
             await close()
 
     async def _read_hello(self, receive: Any) -> dict[str, Any]:
@@ -204,42 +213,42 @@ class EdgeRegistry:
                 return frames[0]
             raise ProtocolError("the first message must be one hello frame")
 
-    def _refuse(self, link: Link, reason: str, retry: float = 30.0) -> None:
+    def _refuse(self, peer: Peer, reason: str, retry: float = 30.0) -> None:
         log.warning("edge refused: %s", reason)
-        link.send({"t": P.REFUSE, "reason": reason, "retry": retry})
+        peer.send({"t": P.REFUSE, "reason": reason, "retry": retry})
 
-    async def _enrol(self, hello: dict[str, Any], link: Link) -> EdgeLink | None:
+    async def _enrol(self, hello: P.Frame, peer: Peer) -> EdgeLink | None:
         raw_name = hello.get("name")
         name = raw_name if isinstance(raw_name, str) else ""
         if hello.get("v") != P.PROTOCOL_VERSION:
-            self._refuse(link, f"protocol version {hello.get('v')} is not {P.PROTOCOL_VERSION}; "
+            self._refuse(peer, f"protocol version {hello.get('v')} is not {P.PROTOCOL_VERSION}; "
                                "upgrade the edge or the bridge so they match")
             return None
         if not EDGE_NAME.fullmatch(name) or name in RESERVED_NAMES:
-            self._refuse(link, f"edge name {name!r} is not allowed (letters, digits, '.', '_', '-'; "
+            self._refuse(peer, f"edge name {name!r} is not allowed (letters, digits, '.', '_', '-'; "
                                f"not one of {', '.join(sorted(RESERVED_NAMES))})")
             return None
         token = hello.get("token")
         if not isinstance(token, str) or not self.tokens.edge_allowed(token, name):
-            self._refuse(link, f"enrolment token not valid for edge {name!r}")
+            self._refuse(peer, f"enrolment token not valid for edge {name!r}")
             return None
         plugins = hello.get("plugins")
         if not isinstance(plugins, dict) or not all(isinstance(k, str) for k in plugins):
-            self._refuse(link, "hello carries no plugin manifest")
+            self._refuse(peer, "hello carries no plugin manifest")
             return None
         problems = manifest_problems(plugins)
         if problems:
-            self._refuse(link, "the plugin manifest is refused: " + "; ".join(problems[:5]))
+            self._refuse(peer, "the plugin manifest is refused: " + "; ".join(problems[:5]))
             return None
         host = hello.get("host")
         info = {"host": host if isinstance(host, str) else None, "pid": hello.get("pid")}
         replaced = await self._may_replace(name, hello.get("resume"), info)
         if replaced is False:
-            self._refuse(link, f"edge {name!r} is already connected and answering; a second edge under "
+            self._refuse(peer, f"edge {name!r} is already connected and answering; a second edge under "
                                "that name is refused (stop the other one, or disconnect it as an admin)")
             return None
-        link.name = name
-        edge = EdgeLink(name, link, plugins, info, credential=digest(token))
+        peer.name = name
+        edge = EdgeLink(name, peer, plugins, info, credential=digest(token))
         old = self.edges.get(name)
         self.edges[name] = edge
         if old is not None:
@@ -250,7 +259,7 @@ class EdgeRegistry:
             old.fail_all(f"edge {name} reconnected")
             if old.closer is not None:
                 self._spawn(old.closer(4000, "replaced by a new connection"))
-        link.send({"t": P.WELCOME, "edges": self.topology(), "max_body": self.max_body, "key": edge.key})
+        peer.send({"t": P.WELCOME, "edges": self.topology(), "max_body": self.max_body, "key": edge.key})
         log.info("edge %s connected with plugins %s", name, ", ".join(plugins))
         self._announce()
         return edge
@@ -263,71 +272,54 @@ class EdgeRegistry:
         if isinstance(resume, str) and hmac.compare_digest(resume.encode(), old.key.encode()):
             return "reconnected with its connection key"
         asked = time.monotonic()
-        old.link.send({"t": P.PING, "ts": time.time()})
+        old.peer.send({"t": P.PING, "ts": time.time()})
         while time.monotonic() - asked < PROBE_TIMEOUT:
             await asyncio.sleep(0.05)
             if self.edges.get(name) is not old:
                 return "the previous connection closed"
-            if old.link.last_seen > asked:
+            if old.peer.last_seen > asked:
                 log.warning("edge %s: refused a second connection from %s while the connected one "
                             "(from %s) answers", name, info.get("host"), old.info.get("host"))
                 return False
         return f"the previous connection did not answer for {PROBE_TIMEOUT:g} s"
 
-    async def _pinger(self, edge: EdgeLink, close: Callable[..., Any]) -> None:
-        while True:
-            await asyncio.sleep(PING_INTERVAL)
-            if time.monotonic() - edge.link.last_seen > SILENCE_LIMIT:
-                log.warning("edge %s silent for %.0fs; dropping it", edge.name, SILENCE_LIMIT)
-                await close(1011, "silent")
-                return
-            edge.link.send({"t": P.PING, "ts": time.time()})
-
-    async def _read_loop(self, edge: EdgeLink, receive: Any) -> None:
-        link = edge.link
-        handlers = {
-            P.RESPONSE: self._on_response,
-            P.CHUNK: lambda e, f: e.link.on_chunk(f),
-            P.CREDIT: lambda e, f: e.link.on_credit(f),
-            P.CANCEL: self._on_cancel,
-            P.NOTIFY: self._on_notify,
-            P.MANIFEST: self._on_manifest,
-            P.PING: lambda e, f: e.link.send({"t": P.PONG, "ts": f.get("ts")}),
-            P.PONG: lambda e, f: None,
+    def call_handlers(self, edge: EdgeLink) -> dict[str, Any]:
+        """The asking side's frames: answers to calls (the bridge's own plugins send only these)."""
+        return {
+            P.RESPONSE: lambda f: self._on_response(edge, f),
+            P.CANCEL: lambda f: self._on_cancel(edge, f),
         }
-        while True:
+
+    def _handlers(self, edge: EdgeLink) -> dict[str, Any]:
+        """The frames an enrolled edge may send, besides chunk/credit/ping/pong (the peer's own)."""
+        return {
+            **self.call_handlers(edge),
+            P.NOTIFY: lambda f: self._on_notify(edge, f),
+            P.MANIFEST: lambda f: self._on_manifest(edge, f),
+        }
+
+    async def _read_loop(self, edge: EdgeLink, receive: Any, failures: list[BaseException]) -> None:
+        peer = edge.peer
+        while not failures:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
-            link.last_seen = time.monotonic()
             data = message.get("bytes")
             if data is None:
                 raise ProtocolError(f"edge {edge.name} sent a text message")
-            for frame in P.unpack(data, P.MAX_CONTAINERS):
-                handler = handlers.get(frame["t"])
-                if handler is None:
-                    raise ProtocolError(f"edge {edge.name} sent an unexpected {frame['t']} frame")
-                try:
-                    handler(edge, frame)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ProtocolError(f"edge {edge.name} sent a malformed {frame['t']} frame: {exc}") from exc
+            peer.receive(data)
             await asyncio.sleep(0)  # a big batch must not starve the event-stream writers
+        raise ProtocolError(f"edge {edge.name}: handling a frame failed: {failures[0]}")
 
-    def _on_response(self, edge: EdgeLink, frame: dict[str, Any]) -> None:
-        rid = frame["id"]
-        fut = edge.pending.pop(rid, None)
-        if fut is None or fut.done():
-            return
-        if frame.get("s"):
-            edge.link.open_inbound(rid)
-        fut.set_result(frame)
+    def _on_response(self, edge: EdgeLink, frame: P.Frame) -> None:
+        call = edge.peer.calls.get(frame["id"])
+        if isinstance(call, Call):
+            call.on_response(frame)
 
-    def _on_cancel(self, edge: EdgeLink, frame: dict[str, Any]) -> None:
-        rid = frame["id"]
-        edge.link.drop_streams(rid, LinkClosed("the edge aborted the response"))
-        fut = edge.pending.pop(rid, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(EdgeGone("the edge aborted the request"))
+    def _on_cancel(self, edge: EdgeLink, frame: P.Frame) -> None:
+        call = edge.peer.calls.get(frame["id"])
+        if isinstance(call, Call):
+            call.on_cancel()
 
     def _on_notify(self, edge: EdgeLink, frame: dict[str, Any]) -> None:
         """Publish an edge's notification; the bridge alone sets edge, plugin and topic.

@@ -13,7 +13,8 @@ uvicorn leaves these to a front proxy; the bridge is often the front, so it sets
 * a WebSocket accepts messages of at most ``PREAUTH_MESSAGE`` bytes until the edge is
   enrolled (``Guard.authenticated`` raises the limit to the configured maximum).
 
-The app reaches the guard through ``scope["extensions"]["isthmus.guard"]``.
+The app reaches the guard through ``guard_of(scope)``: it sits in the ASGI extension
+``scope["extensions"]["isthmus.guard"]``, a dict (as ASGI wants extensions) ``{"guard": Guard}``.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class GuardedHttp(HttpToolsProtocol):
         self._body_seen = 0.0
         self._upgraded = False
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.guard = Guard(_address(transport))
         if not self.guard.take():
@@ -185,7 +186,7 @@ class GuardedHttp(HttpToolsProtocol):
         super().on_message_begin()
         self._header_bytes = 0
         self._arm_header_timer()
-        self.scope["extensions"] = {"isthmus.guard": self.guard}
+        self.scope["extensions"] = {"isthmus.guard": {"guard": self.guard}}
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -244,7 +245,7 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
         self.conn.max_message_size = min(PREAUTH_MESSAGE, self.config.ws_max_size)
         self.guard: Guard | None = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.guard = Guard(_address(transport), on_auth=self._lift)
         if not self.guard.take():
@@ -264,12 +265,13 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope.setdefault("extensions", {})["isthmus.guard"] = self.guard
+            scope.setdefault("extensions", {})["isthmus.guard"] = {"guard": self.guard}
 
 
 def guard_of(scope: dict[str, Any]) -> Guard | None:
-    extensions = scope.get("extensions")
-    return extensions.get("isthmus.guard") if extensions else None
+    extension = (scope.get("extensions") or {}).get("isthmus.guard") or {}
+    guard = extension.get("guard")
+    return guard if isinstance(guard, Guard) else None
 
 
 def tune_malloc() -> None:

@@ -1,7 +1,10 @@
 """The edge: dials out to the bridge, announces its plugins, serves forwarded requests.
 
-Frames are dispatched through one table (``_handlers``). The edge reconnects with
-capped exponential back-off; a refusal (bad token, version) backs off too, never spins.
+One ``Peer`` per connection carries the frames; its table holds the edge's own frames
+(welcome, refuse, topology, shutdown) and the dispatcher's (req, cancel). A bad frame or
+a failing handler closes that connection only: the edge logs it, reconnects and keeps its
+plugins. The edge reconnects with capped, jittered exponential back-off; a refusal (bad
+token, version, name taken) backs off too, never spins.
 """
 
 from __future__ import annotations
@@ -14,18 +17,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from ..runtime.dispatch import prepare, serve_request
+from ..errors import ProtocolError
+from ..runtime.dispatch import Dispatcher
 from ..runtime.host import PluginHost
 from ..types import Principal
 from ..wire import protocol as P
-from ..wire.link import Link
+from ..wire.peer import Handler, Peer
 
 log = logging.getLogger("isthmus.edge")
 
@@ -45,33 +48,36 @@ class EdgeService:
         self.token = token
         self.ca_file = ca_file
         self.insecure_tls = insecure_tls
-        self.link: Link | None = None
+        self.peer: Peer | None = None
         self.key: str | None = None  # the bridge's key for our last connection: proves a reconnect is us
         self.connected = asyncio.Event()
         self.last_refusal: str | None = None
+        self.dispatcher = Dispatcher(host.app, host.failed_plugin)
         self._stop = asyncio.Event()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._gone: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._ws: ClientConnection | None = None
         self._closing: asyncio.Future[None] | None = None
-        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
-            P.WELCOME: self._on_welcome,
-            P.REFUSE: self._on_refuse,
-            P.REQUEST: self._on_request,
-            P.CHUNK: self._on_chunk,
-            P.CREDIT: self._on_credit,
-            P.CANCEL: self._on_cancel,
-            P.TOPOLOGY: self._on_topology,
-            P.PING: self._on_ping,
-            P.PONG: lambda f: None,
-            P.SHUTDOWN: self._on_shutdown,
-        }
+        self._topology_task: asyncio.Task[None] | None = None
+        self._pending_topology: dict[str, Any] | None = None
         host.notify_sink = self.notify
         host.on_manifest_change = self._send_manifest
         for plugin in host.active():
             plugin._notify_sink = self.notify
+
+    @property
+    def link(self) -> Peer | None:
+        """The current connection's peer (kept under its old name for callers)."""
+        return self.peer
+
+    def _handlers(self, peer: Peer) -> dict[str, Handler]:
+        return {
+            P.WELCOME: self._on_welcome,
+            P.REFUSE: self._on_refuse,
+            P.TOPOLOGY: self._on_topology,
+            P.SHUTDOWN: self._on_shutdown,
+            **self.dispatcher.handlers(peer),
+        }
 
     # -- notifications (any thread) -----------------------------------------------------------
 
@@ -82,18 +88,18 @@ class EdgeService:
         if self._loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            if self.link is not None:
-                self.link.send(frame)
+            if self.peer is not None:
+                self.peer.send(frame)
         else:
             self._loop.call_soon_threadsafe(self._send_later, frame)
 
-    def _send_later(self, frame: dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.send(frame)
+    def _send_later(self, frame: P.Frame) -> None:
+        if self.peer is not None:
+            self.peer.send(frame)
 
     def _send_manifest(self) -> None:
-        if self.link is not None:
-            self.link.send({"t": P.MANIFEST, "plugins": self.host.manifests()})
+        if self.peer is not None:
+            self.peer.send({"t": P.MANIFEST, "plugins": self.host.manifests()})
 
     # -- connection loop ------------------------------------------------------------------
 
@@ -125,8 +131,6 @@ class EdgeService:
                 log.log(level, "connection to %s closed (%s)", self.bridge_url, code)
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
                 log.warning("bridge %s unreachable: %s", self.bridge_url, exc)
-            except asyncio.CancelledError:
-                raise
             if self._stop.is_set():
                 break
             if time.monotonic() - started > 30:
@@ -142,105 +146,78 @@ class EdgeService:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _session(self, ws: ClientConnection) -> None:
-        link = Link(ws.send, name="bridge")
-        self.link = link
+        peer = Peer(ws.send, name="bridge")
+        peer.handlers.update(self._handlers(peer))
+        failed: list[BaseException] = []
+
+        def on_failure(exc: BaseException) -> None:
+            failed.append(exc)
+            self._closing = asyncio.ensure_future(ws.close(code=1011, reason="edge could not handle a frame"))
+
+        peer.on_failure = on_failure
+        self.peer = peer
         self._ws = ws
-        link.start()
-        hello = {"t": P.HELLO, "v": P.PROTOCOL_VERSION, "name": self.name, "token": self.token,
-                 "plugins": self.host.manifests(), "host": socket.gethostname(), "pid": os.getpid()}
+        peer.start()
+        hello: P.Frame = {"t": P.HELLO, "v": P.PROTOCOL_VERSION, "name": self.name, "token": self.token,
+                          "plugins": self.host.manifests(), "host": socket.gethostname(), "pid": os.getpid()}
         if self.key:
             hello["resume"] = self.key
-        link.send(hello)
-        pinger = asyncio.create_task(self._pinger(link, ws), name="heartbeat")
+        peer.send(hello)
+
+        async def silent() -> None:
+            await ws.close(code=1011, reason="bridge silent")
+
+        pinger = asyncio.create_task(peer.heartbeat(PING_INTERVAL, SILENCE_LIMIT, silent), name="heartbeat")
         try:
             async for message in ws:
-                link.last_seen = time.monotonic()
                 if isinstance(message, str):
-                    log.warning("ignoring text message from bridge")
+                    log.warning("ignoring a text message from the bridge")
                     continue
-                for frame in P.unpack(message):
-                    handler = self._handlers.get(frame["t"])
-                    if handler is not None:
-                        result = handler(frame)
-                        if asyncio.iscoroutine(result):
-                            await result
+                try:
+                    peer.receive(message)
+                except ProtocolError as exc:
+                    log.error("bad frame from the bridge (%s); reconnecting", exc)
+                    await ws.close(code=1002, reason="bad frame")
+                    break
         finally:
             pinger.cancel()
             self.connected.clear()
-            self.link = None
+            self.peer = None
             self._ws = None
-            for task in list(self._tasks.values()):
-                task.cancel()
-            self._tasks.clear()
-            self._gone.clear()
-            await link.close()
-
-    async def _pinger(self, link: Link, ws: ClientConnection) -> None:
-        while True:
-            await asyncio.sleep(PING_INTERVAL)
-            if time.monotonic() - link.last_seen > SILENCE_LIMIT:
-                log.warning("bridge silent for %.0fs; reconnecting", SILENCE_LIMIT)
-                await ws.close(code=1011, reason="bridge silent")
-                return
-            link.send({"t": P.PING, "ts": time.time()})
+            await peer.close()
 
     # -- frame handlers -------------------------------------------------------------------
 
-    async def _on_welcome(self, frame: dict[str, Any]) -> None:
+    def _on_welcome(self, frame: P.Frame) -> None:
         self.last_refusal = None
         key = frame.get("key")
         self.key = key if isinstance(key, str) else None
         self.connected.set()
         log.info("connected to bridge %s as %s", self.bridge_url, self.name)
-        await self.host.set_topology(frame.get("edges") or {})
+        self._topology(frame.get("edges") or {})
 
-    async def _on_refuse(self, frame: dict[str, Any]) -> None:
+    def _on_refuse(self, frame: P.Frame) -> None:
         self.last_refusal = str(frame.get("reason"))
         log.error("bridge refused this edge: %s", self.last_refusal)
 
-    def _on_request(self, frame: dict[str, Any]) -> None:
-        assert self.link is not None
-        rid = frame["id"]
-        path: str = frame["p"]
-        plugin = path.split("/", 2)[1] if path.count("/") >= 1 else ""
-        failure = self.host.failed_plugin(plugin)
-        if failure:
-            self.link.send({"t": P.RESPONSE, "id": rid, "st": 503,
-                            "h": [[b"content-type", b"application/json"]],
-                            "b": orjson.dumps({"detail": f"plugin {plugin} is not available: {failure}"})})
-            return
-        gone = asyncio.Event()
-        self._gone[rid] = gone
-        instream = prepare(self.link, frame)
-        task = asyncio.create_task(serve_request(self.host.app, frame, self.link, instream, gone))
-        self._tasks[rid] = task
-        task.add_done_callback(lambda _t, rid=rid: (self._tasks.pop(rid, None), self._gone.pop(rid, None)))
+    def _on_topology(self, frame: P.Frame) -> None:
+        self._topology(frame.get("edges") or {})
 
-    def _on_chunk(self, frame: dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.on_chunk(frame)
+    def _topology(self, edges: Any) -> None:
+        """Hand the topology to plugins beside the reader, one at a time; a slow plugin
+        makes intermediate topologies be skipped, never the frames behind them wait."""
+        if not isinstance(edges, dict):
+            raise TypeError("topology must be a map of edges")
+        self._pending_topology = edges
+        if self._topology_task is None or self._topology_task.done():
+            self._topology_task = asyncio.ensure_future(self._apply_topology())
 
-    def _on_credit(self, frame: dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.on_credit(frame)
+    async def _apply_topology(self) -> None:
+        while self._pending_topology is not None:
+            edges, self._pending_topology = self._pending_topology, None
+            await self.host.set_topology(edges)
 
-    def _on_cancel(self, frame: dict[str, Any]) -> None:
-        rid = frame["id"]
-        gone = self._gone.get(rid)
-        if gone is not None:
-            gone.set()
-        task = self._tasks.get(rid)
-        if task is not None:
-            task.cancel()
-
-    async def _on_topology(self, frame: dict[str, Any]) -> None:
-        await self.host.set_topology(frame.get("edges") or {})
-
-    def _on_ping(self, frame: dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.send({"t": P.PONG, "ts": frame.get("ts")})
-
-    def _on_shutdown(self, frame: dict[str, Any]) -> None:
+    def _on_shutdown(self, frame: P.Frame) -> None:
         log.warning("bridge asked this edge to stop: %s", frame.get("reason"))
         self.stop()
 

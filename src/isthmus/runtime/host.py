@@ -20,8 +20,8 @@ from fastapi import FastAPI
 
 from ..config import AppConfig, ConfigSources, load_plugin_config, plugin_enabled
 from ..errors import ConfigError
-from ..sdk.plugin import BAD_INPUT, NotifySink, Plugin, PluginContext, construct, error_response
-from ..sdk.registry import entry_points, is_import_spec, load_class, registry
+from ..sdk.plugin import NotifySink, Plugin, PluginContext, construct, install_error_handlers, load_class, registry
+from ..sdk.registry import entry_points, is_import_spec
 
 log = logging.getLogger("isthmus.host")
 
@@ -30,9 +30,6 @@ BUILTIN_DEFAULT_OFF = frozenset({"simulator"})
 SHUTDOWN_WAIT = 10.0
 REAP_INTERVAL = 60.0
 RESERVED_PREFIX = "_"
-
-def _bad_input(request: Any, exc: Exception) -> Any:
-    return error_response(exc)
 
 
 @dataclass
@@ -91,8 +88,9 @@ class PluginHost:
         self.overrides = dict(overrides or {})  # plugin id -> values layered under env (demo)
         self.app = FastAPI(title=f"isthmus {name}", docs_url=None, redoc_url=None, openapi_url=None)
         self.app.state.isthmus_host = self
-        for exc_type in BAD_INPUT:  # the host's own routes map bad input as plugin routes do
-            self.app.add_exception_handler(exc_type, _bad_input)
+        # every route (add_route_*, register_routes, the host's own) answers errors through the
+        # one mapping, isthmus.sdk.plugin.error_response
+        install_error_handlers(self.app)
         self.records: dict[str, PluginRecord] = {}
         self.topology: dict[str, Any] = {}
         self._requested = requested
@@ -159,7 +157,9 @@ class PluginHost:
         def visit(pid: str, stack: tuple[str, ...]) -> None:
             if pid in seen or pid not in loaded or pid in stack:
                 return
-            for dep in type(loaded[pid].plugin).requires:
+            plugin = loaded[pid].plugin
+            assert plugin is not None  # `loaded` holds only records with a plugin
+            for dep in type(plugin).requires:
                 visit(dep, (*stack, pid))
             seen.add(pid)
             order.append(loaded[pid])

@@ -5,16 +5,34 @@ Names beginning with ``_`` are reserved for these, so no plugin can shadow them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, FastAPI, HTTPException
 
-from ..config import load_plugin_config, write_plugin_file
+from ..config import AppConfig, check_plugin_document, write_plugin_file
 from ..errors import ConfigError
 from ..types import Role, current_principal
 
-if TYPE_CHECKING:
-    from .host import PluginHost
+
+class Host(Protocol):
+    """What these routes need of ``runtime.host.PluginHost`` (so this module does not import it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def app(self) -> FastAPI: ...
+    @property
+    def app_config(self) -> AppConfig: ...
+    @property
+    def environ(self) -> Mapping[str, str] | None: ...
+    @property
+    def overrides(self) -> Mapping[str, dict[str, Any]]: ...
+    @property
+    def records(self) -> Mapping[str, Any]: ...
+    def manifests(self) -> dict[str, Any]: ...
+    async def reload(self, only: str | None = None,
+                     overlay: Mapping[str, Any] | None = None) -> dict[str, str]: ...
 
 
 def _require_admin() -> None:
@@ -23,7 +41,7 @@ def _require_admin() -> None:
         raise HTTPException(403, f"this needs the admin role; you are {who.role.name}")
 
 
-def mount_host_routes(host: PluginHost) -> None:
+def mount_host_routes(host: Host) -> None:
     router = APIRouter()
 
     def plugin_or_404(pid: str) -> Any:
@@ -76,7 +94,10 @@ def mount_host_routes(host: PluginHost) -> None:
             raise HTTPException(409, f"plugin {pid} is not running: {record.error}")
         model = type(plugin).config_model
         try:
-            load_plugin_config(pid, model, host.app_config, host.environ, overlay=values)
+            # The document itself must be valid: an environment override of a key must not
+            # let an invalid value of that key into the file (it would break the next start).
+            check_plugin_document(pid, model, host.app_config, values, host.environ,
+                                  defaults=host.overrides.get(pid))
         except ConfigError as exc:
             raise HTTPException(422, {"message": str(exc), "key": exc.key, "reason": exc.reason}) from exc
         write_plugin_file(host.app_config, pid, values)

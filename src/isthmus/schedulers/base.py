@@ -1,7 +1,8 @@
 """The scheduler layer's shared shape: normalized states, records, and the one CLI runner.
 
 Callers never see raw scheduler strings: every backend maps its own job and node states
-onto ``JobState`` and ``NodeState`` here, and every CLI failure becomes a
+onto ``JobState`` (the project's one job vocabulary, ``isthmus.jobstates``) and ``NodeState``
+here, and every CLI failure becomes a
 ``SchedulerError`` in ``run_command``.
 """
 
@@ -15,23 +16,10 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ..errors import SchedulerError, SchedulerTimeout
+from ..errors import SchedulerError, SchedulerTimeout, SchedulerUnavailable
+from ..jobstates import JobState as JobState  # the one vocabulary; re-exported here
 
 DEFAULT_TIMEOUT = 30.0
-
-
-class JobState(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    HELD = "HELD"
-    UNKNOWN = "UNKNOWN"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
 class NodeState(StrEnum):
@@ -132,6 +120,15 @@ class BatchSystem(ABC):
     name: str = "none"
     #: the PSI/J executor name for job submission through this scheduler
     psij_executor: str = "local"
+    #: Bumped by ``changed()`` after every change made through this object (a drain, a
+    #: simulator incident, ...). A cache of what the scheduler reports keeps the value it was
+    #: built at and compares: O(1) per read, and stale the moment anything changed here.
+    #: Changes made outside Isthmus (``scontrol`` by hand) are not counted: caches age out.
+    generation: int = 0
+
+    def changed(self) -> None:
+        """Record a change made through this object: caches built before it are stale."""
+        self.generation += 1
 
     @abstractmethod
     async def partitions(self) -> list[Partition]: ...
@@ -165,17 +162,19 @@ def which(command: str) -> str | None:
 
 async def run_command(cmd: list[str], *, timeout: float = DEFAULT_TIMEOUT,
                       env: dict[str, str] | None = None, check: bool = True) -> str:
-    """Run a scheduler CLI off the event loop; the one place its failures are translated."""
+    """Run a scheduler CLI off the event loop; the one place its failures are translated:
+    not installed or not executable → ``SchedulerUnavailable`` (503), no answer within
+    ``timeout`` → ``SchedulerTimeout`` (504), a non-zero exit → ``SchedulerError`` (502)."""
     if which(cmd[0]) is None:
-        raise SchedulerError(f"{cmd[0]} not found on PATH; is the scheduler's client installed?",
-                             command=cmd)
+        raise SchedulerUnavailable(f"{cmd[0]} not found on PATH; is the scheduler's client installed?",
+                                   command=cmd)
     full_env = {**os.environ, **(env or {})}
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL, env=full_env)
     except OSError as exc:
-        raise SchedulerError(f"cannot run {cmd[0]}: {exc}", command=cmd) from exc
+        raise SchedulerUnavailable(f"cannot run {cmd[0]}: {exc}", command=cmd) from exc
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError as exc:

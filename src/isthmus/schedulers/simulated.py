@@ -5,6 +5,12 @@ same cluster. Time is driven by ``tick(dt)``; the simulator plugin ticks it with
 time, tests tick it by hand. Jobs queue, start on free nodes, run and finish; node
 metrics (temperature, power, load) follow their load; incidents and overrides bend the
 picture for demos and tests.
+
+Every change made through this object — a mode, an incident, an override, a drain, a job
+submitted or cancelled, a rebuild, an incident or override running out — calls
+``changed()`` (``BatchSystem.generation``), so the cluster view's cache knows at once that
+its copy is stale. The workload moving on by itself (jobs starting and ending, metrics
+drifting) does not: views of it age out.
 """
 
 from __future__ import annotations
@@ -131,7 +137,9 @@ class SimulatedCluster(BatchSystem):
         self.job_map: dict[str, SimJob] = {}
         self.incidents: dict[str, Incident] = {}
         self.overrides: dict[str, Override] = {}
+        self.drains: dict[str, str] = {}  # node → reason, drained by an operator (``drain``)
         self.mode = "full_ok"
+        self.changed()
         self.mode_targets: dict[str, set[str]] = {"down": set(), "drain": set(), "thermal": set(), "racks": set()}
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1000)
@@ -173,10 +181,14 @@ class SimulatedCluster(BatchSystem):
             if job.state is JobState.RUNNING and job.start_time is not None and \
                     self.now - job.start_time >= job.duration:
                 self._finish(job, JobState.DONE if self.rng.random() > 0.05 else JobState.FAILED)
-        for key in [k for k, inc in self.incidents.items() if inc.until is not None and inc.until <= self.now]:
+        expired = [k for k, inc in self.incidents.items() if inc.until is not None and inc.until <= self.now]
+        for key in expired:
             del self.incidents[key]
-        for key in [k for k, ov in self.overrides.items() if ov.until is not None and ov.until <= self.now]:
+        lapsed = [k for k, ov in self.overrides.items() if ov.until is not None and ov.until <= self.now]
+        for key in lapsed:
             del self.overrides[key]
+        if expired or lapsed:
+            self.changed()
         if self.workload:
             # a steady demand of about 70 % of the cores: submit while below it
             total = sum(n.cpus for n in self.node_map.values())
@@ -259,6 +271,7 @@ class SimulatedCluster(BatchSystem):
                      command=command)
         self.job_map[job.job_id] = job
         self._schedule()
+        self.changed()
         return job.job_id
 
     # -- incidents, modes, overrides ----------------------------------------------------------
@@ -282,6 +295,7 @@ class SimulatedCluster(BatchSystem):
                              "thermal": set(picked[n_down + n_drain:]),
                              "racks": set(rng.sample(racks, min(len(racks), n_racks)))}
         self._evict()
+        self.changed()
         return {"mode": mode, **{k: len(v) for k, v in self.mode_targets.items()}}
 
     def incident(self, kind: str, target: str, duration: float | None = 300.0) -> Incident:
@@ -294,6 +308,7 @@ class SimulatedCluster(BatchSystem):
         inc = Incident(f"inc-{next(self._ids)}", kind, target, None if not duration else self.now + duration)
         self.incidents[inc.id] = inc
         self._evict()
+        self.changed()
         return inc
 
     def add_override(self, target: str, kind: str, key: str, value: Any, ttl: float | None = 600.0) -> Override:
@@ -309,15 +324,35 @@ class SimulatedCluster(BatchSystem):
         ov = Override(f"ov-{next(self._ids)}", target, kind, key, value, None if not ttl else self.now + ttl)
         self.overrides[ov.id] = ov
         self._evict()
+        self.changed()
         return ov
 
     def delete_override(self, override_id: str) -> bool:
-        return self.overrides.pop(override_id, None) is not None
+        if self.overrides.pop(override_id, None) is None:
+            return False
+        self.changed()
+        return True
 
     def clear_overrides(self) -> int:
         n = len(self.overrides)
         self.overrides.clear()
+        if n:
+            self.changed()
         return n
+
+    async def drain(self, node: str, reason: str) -> None:
+        """Drain ``node`` as an operator would: no new jobs; running ones finish (draining → drained)."""
+        if node not in self.node_map:
+            raise SchedulerError(f"no node {node!r} in the simulated cluster")
+        self.drains[node] = reason
+        self.changed()
+
+    async def resume(self, node: str) -> None:
+        """Undo ``drain`` (incidents and mode-drained nodes stay as they are)."""
+        if node not in self.node_map:
+            raise SchedulerError(f"no node {node!r} in the simulated cluster")
+        if self.drains.pop(node, None) is not None:
+            self.changed()
 
     def _evict(self) -> None:
         """Jobs on nodes that went down fail, as they would on a real cluster."""
@@ -350,7 +385,7 @@ class SimulatedCluster(BatchSystem):
             i.type == "node_down" and i.target in (node.name, node.rack) for i in self.incidents.values())
         if down:
             return NodeState.down, True
-        drain = node.name in self.mode_targets["drain"] or any(
+        drain = node.name in self.drains or node.name in self.mode_targets["drain"] or any(
             i.type == "drain" and i.target in (node.name, node.rack) for i in self.incidents.values())
         if node.cpus_alloc == 0:
             base = NodeState.idle
@@ -363,6 +398,8 @@ class SimulatedCluster(BatchSystem):
         return base, False
 
     def _reason(self, node: SimNode, state: NodeState) -> str | None:
+        if state in (NodeState.drained, NodeState.draining) and node.name in self.drains:
+            return self.drains[node.name]
         for inc in self.incidents.values():
             if inc.target in (node.name, node.rack) and inc.type in ("rack_down", "node_down", "drain"):
                 return f"simulated {inc.type.replace('_', ' ')} ({inc.id})"
@@ -438,6 +475,7 @@ class SimulatedCluster(BatchSystem):
             raise SchedulerError(f"no job {job_id} in the simulated cluster")
         if not job.state.final:
             self._finish(job, JobState.CANCELLED, exit_code=-15)
+            self.changed()
 
     def status(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -448,5 +486,5 @@ class SimulatedCluster(BatchSystem):
                 "racks": len(self.racks), "rooms": len(self.rooms), "node_states": states,
                 "jobs": {s.value: sum(1 for j in self.job_map.values() if j.state is s)
                          for s in (JobState.PENDING, JobState.RUNNING)},
-                "incidents": len(self.incidents), "overrides": len(self.overrides),
+                "incidents": len(self.incidents), "overrides": len(self.overrides), "drains": len(self.drains),
                 "hostlist": compress(sorted(self.node_map))}

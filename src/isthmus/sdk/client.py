@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast, overload
 
 import httpx
 
 from ..errors import ClientError
 from .events_client import EventStream
-from .registry import client_class_for, client_classes
+from .http import HTTPClient, raise_for
+from .registry import entry_points
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 NotificationCallback = Callable[[str, str, str, Any], None]
 TopologyCallback = Callable[[dict[str, Any]], None]
+C = TypeVar("C", bound="PluginClient")
 
 
-def raise_for(resp: httpx.Response, context: str = "") -> None:
-    """Raise ClientError with the server's detail for a non-2xx answer."""
-    if resp.is_success:
-        return
-    try:
-        body = resp.json()
-        detail = body.get("detail", body) if isinstance(body, dict) else body
-    except ValueError:
-        detail = resp.text[:500]
-    what = f"{context}: " if context else ""
-    raise ClientError(f"{what}HTTP {resp.status_code}: {detail}", status_code=resp.status_code,
-                      detail=detail)
+# PluginClient subclasses by the plugin they speak to.
+client_classes: dict[str, type[PluginClient]] = {}
+
+
+def client_class_for(plugin_name: str) -> type[PluginClient] | None:
+    """The client class for a plugin, importing the installed plugin's client module if needed."""
+    if plugin_name in client_classes:
+        return client_classes[plugin_name]
+    ep = entry_points().get(plugin_name)
+    if ep is not None:
+        package = ep.value.partition(":")[0].rpartition(".")[0]
+        for candidate in (f"{package}.client", ep.value.partition(":")[0]):
+            try:
+                importlib.import_module(candidate)
+            except ImportError:
+                continue
+            if plugin_name in client_classes:
+                break
+    return client_classes.get(plugin_name)
 
 
 class PluginClient:
@@ -96,16 +106,16 @@ class PluginClient:
     close = unregister_session
 
     def version(self) -> str:
-        return self._get("version")["version"]
+        return cast(str, self._get("version")["version"])
 
     def health(self) -> dict[str, Any]:
-        return self._get("health")
+        return cast(dict[str, Any], self._get("health"))
 
     def list_sessions(self) -> list[str]:
-        return self._get("list_sessions")["sessions"]
+        return cast(list[str], self._get("list_sessions")["sessions"])
 
     def get_ui_config(self) -> dict[str, Any]:
-        return self._get("ui_config")
+        return cast(dict[str, Any], self._get("ui_config"))
 
     def register_callback(self, callback: NotificationCallback, topic: str | None = None) -> int:
         """Call ``callback(edge, plugin, topic, data)`` for this plugin's notifications."""
@@ -132,11 +142,18 @@ class EdgeClient:
         edges = self._bridge.list_edges()
         if self.name not in edges:
             raise ClientError(f"edge {self.name!r} is not connected", status_code=404)
-        return edges[self.name]["plugins"]
+        return cast(dict[str, Any], edges[self.name]["plugins"])
+
+    @overload
+    def get_plugin(self, name: str, client_class: type[C], register: bool = True, **session_args: Any) -> C: ...
+
+    @overload
+    def get_plugin(self, name: str, client_class: None = None, register: bool = True,
+                   **session_args: Any) -> PluginClient: ...
 
     def get_plugin(self, name: str, client_class: type[PluginClient] | None = None,
                    register: bool = True, **session_args: Any) -> PluginClient:
-        """A client for plugin ``name`` with a registered session."""
+        """A client for plugin ``name`` with a registered session (a ``client_class`` instance when given)."""
         cls = client_class or client_class_for(name) or PluginClient
         client = cls(self._bridge._http, self.name, name, bridge=self._bridge)
         if register:
@@ -154,7 +171,7 @@ class BridgeClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if isinstance(verify, str):  # a CA bundle path
             verify = ssl.create_default_context(cafile=verify)
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
+        self._http = HTTPClient(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
         self._verify = verify
         self._lock = threading.Lock()
         self._callbacks: dict[int, tuple[str | None, str | None, str | None, NotificationCallback]] = {}
@@ -167,7 +184,7 @@ class BridgeClient:
     def list_edges(self) -> dict[str, Any]:
         resp = self._http.get("/edge/list")
         raise_for(resp, "list_edges")
-        return resp.json()["edges"]
+        return cast(dict[str, Any], resp.json()["edges"])
 
     def get_edge_client(self, name: str) -> EdgeClient:
         return EdgeClient(self, name)
@@ -178,7 +195,7 @@ class BridgeClient:
     def whoami(self) -> dict[str, Any]:
         resp = self._http.get("/auth/whoami")
         raise_for(resp, "whoami")
-        return resp.json()
+        return cast(dict[str, Any], resp.json())
 
     # -- events -----------------------------------------------------------------------------
 
@@ -228,13 +245,15 @@ class BridgeClient:
             callbacks = list(self._callbacks.values())
             topo = list(self._topology_callbacks.values())
         if topic == "notification":
-            edge, plugin, ntopic = data.get("edge"), data.get("plugin"), data.get("topic")
+            edge: str = data.get("edge", "")
+            plugin: str = data.get("plugin", "")
+            ntopic: str = data.get("topic", "")
             for e, p, t, cb in callbacks:
                 if (e is None or e == edge) and (p is None or p == plugin) and (t is None or t == ntopic):
                     cb(edge, plugin, ntopic, data.get("data"))
         elif topic == "topology":
-            for cb in topo:
-                cb(data.get("edges", {}))
+            for topology_cb in topo:
+                topology_cb(data.get("edges", {}))
 
     def close(self) -> None:
         if self._events is not None:

@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 import orjson
 
+from ..errors import ClientError
+from .http import HTTPClient, raise_for
+
 log = logging.getLogger("isthmus.client.events")
 
 
@@ -60,10 +63,13 @@ class EventStream(threading.Thread):
             try:
                 self._follow()
                 delay = 0.2
-            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+            except Exception as exc:  # any failure means: reconnect
                 if self._halt.is_set():
                     break
-                log.debug("event stream broke (%s); reconnecting in %.1fs", exc, delay)
+                # ClientError (TransportError or an HTTP error) is expected; anything else is a bug
+                level = logging.DEBUG if isinstance(exc, ClientError) else logging.WARNING
+                log.log(level, "event stream broke (%s); reconnecting in %.1fs", exc, delay,
+                        exc_info=not isinstance(exc, ClientError))
             self.connected.clear()
             if self._halt.wait(delay):
                 break
@@ -73,15 +79,18 @@ class EventStream(threading.Thread):
         headers = dict(self._headers)
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
+
         timeout = httpx.Timeout(10.0, read=45.0)  # keepalives arrive every 15 s
-        with httpx.Client(timeout=timeout, verify=self._verify) as client:
+        with HTTPClient(timeout=timeout, verify=self._verify) as client:  # errors: isthmus.errors
             self._client = client
             with client.stream("GET", self._url, headers=headers) as resp:
                 if resp.status_code in (401, 403):
                     log.error("event stream refused (HTTP %s): check the token", resp.status_code)
                     self._halt.wait(10.0)
                     return
-                resp.raise_for_status()
+                if not resp.is_success:
+                    resp.read()
+                    raise_for(resp, "event stream")
                 self.connected.set()
                 for event_id, _event, data in parse_sse(resp.iter_lines()):
                     if event_id:

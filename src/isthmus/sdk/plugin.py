@@ -10,28 +10,44 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import importlib
 import inspect
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
-from fastapi import APIRouter, FastAPI, HTTPException, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import PluginError, SessionClosed, SessionNotFound
+from ..errors import IsthmusError, PluginError, SchedulerError, SessionClosed, SessionNotFound
 from ..types import Principal, Role, current_principal
 from .menu import MenuSection
-from .registry import plugin_classes
+from .registry import entry_points, is_import_spec
 from .session import PluginSession
 from .ui import UIConfigError, invalid_endpoints, validate_ui_config
 
 if TYPE_CHECKING:
-    from ..config import ConfigSources
+    from ..config import AppConfig, ConfigSources
+
+
+class HostView(Protocol):
+    """What a plugin may ask of the host that runs it (``runtime.host.PluginHost``)."""
+
+    @property
+    def app_config(self) -> AppConfig: ...
+    @property
+    def environ(self) -> Mapping[str, str] | None: ...
+    @property
+    def topology(self) -> dict[str, Any]: ...
+    def active(self) -> list[Plugin]: ...
 
 log = logging.getLogger("isthmus.plugin")
 
@@ -49,7 +65,7 @@ class PluginContext:
     config: BaseModel | None = None
     sources: ConfigSources | None = None
     notify: NotifySink | None = None
-    host: Any = None  # the PluginHost, for topology and app config
+    host: HostView | None = None  # for topology and app config
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,20 +88,104 @@ BAD_INPUT: dict[type[Exception], tuple[int, str | None]] = {
 }
 
 
+def validation_errors(exc: RequestValidationError | ValidationError) -> list[dict[str, Any]]:
+    """Validation problems as ``type, loc, msg`` only: pydantic's ``input`` and ``ctx`` repeat
+    what was sent, which may be a credential or someone's data."""
+    out: list[dict[str, Any]] = []
+    for error in exc.errors():
+        loc = [part for part in error.get("loc", ()) if isinstance(part, (str, int))]
+        out.append({"type": str(error.get("type", "")), "loc": loc, "msg": str(error.get("msg", ""))})
+    return out
+
+
 def error_response(exc: BaseException, plugin: str = "") -> Response:
-    """The one place exceptions from plugin code become HTTP answers (no tracebacks)."""
+    """The one place exceptions from plugin and host routes become HTTP answers.
+
+    Every answer is JSON ``{"detail": ...}`` and none carries a traceback:
+
+    * ``BAD_INPUT`` types: their status (400 or 422);
+    * ``PluginError``: its ``status_code`` and ``detail``;
+    * ``SchedulerError``: its ``status_code`` (502, 503 unavailable, 504 timeout) and ``detail``
+      ``{message, command, stderr}``;
+    * ``HTTPException``: its status, detail and headers (204/304: no body);
+    * ``RequestValidationError`` and pydantic's ``ValidationError``: 422, a list of
+      ``{type, loc, msg}`` (never the values sent);
+    * ``ValueError``, ``KeyError``, ``TypeError``: 400 with the message;
+    * anything else: 500 with the exception's type and message; the traceback goes to the log.
+    """
     for kind, (status, text) in BAD_INPUT.items():
         if isinstance(exc, kind):
             return JSON({"detail": text or f"bad input: {exc}"}, status_code=status)
-    if isinstance(exc, PluginError):
+    if isinstance(exc, (PluginError, SchedulerError)):
         return JSON({"detail": exc.detail}, status_code=exc.status_code)
     if isinstance(exc, HTTPException):
+        if exc.status_code in (204, 304):  # answers that must not have a body
+            return Response(status_code=exc.status_code, headers=exc.headers)
         return JSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    if isinstance(exc, (RequestValidationError, ValidationError)):
+        return JSON({"detail": validation_errors(exc)}, status_code=422)
     if isinstance(exc, (ValueError, KeyError, TypeError)) and not isinstance(exc, UnicodeError):
         return JSON({"detail": f"{type(exc).__name__}: {exc}"}, status_code=400)
     log.error("plugin %s raised", plugin or "?", exc_info=exc)
     return JSON({"detail": f"{plugin or 'plugin'} failed: {type(exc).__name__}: {exc}"},
                 status_code=500)
+
+
+# What error_response maps to a status of its own. The host's app hands these to it from
+# FastAPI's exception handlers, inside any middleware; everything else reaches it through
+# ErrorMiddleware (Starlette gives a handler for Exception to a middleware that re-raises).
+MAPPED_EXCEPTIONS: tuple[type[Exception], ...] = (
+    HTTPException, RequestValidationError, ValidationError, IsthmusError, ValueError, KeyError,
+    TypeError, *BAD_INPUT)
+
+
+def _namespace(scope: Scope) -> str:
+    """The first path segment: the plugin's namespace for plugin routes (for the log)."""
+    path: str = scope.get("path", "")
+    return path.lstrip("/").partition("/")[0]
+
+
+async def _exception_handler(request: Request, exc: Exception) -> Response:
+    return error_response(exc, _namespace(request.scope))
+
+
+class ErrorMiddleware:
+    """Answer any exception that escapes a route with ``error_response`` (JSON, no traceback).
+
+    Once the response has started, nothing can be answered any more: the exception goes on
+    to the server, which logs it and drops the response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            await error_response(exc, _namespace(scope))(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every route of ``app`` (``add_route_*``, ``register_routes``, FastAPI's own 404,
+    405 and 422) answer errors through ``error_response``. The host calls it for its app; call
+    it on an app you build yourself to get the same answers in tests."""
+    for kind in MAPPED_EXCEPTIONS:
+        app.add_exception_handler(kind, _exception_handler)
+    app.add_middleware(ErrorMiddleware)
 
 
 def _static_value(cls: type, attr: str) -> Any:
@@ -94,8 +194,10 @@ def _static_value(cls: type, attr: str) -> Any:
         if attr in klass.__dict__:
             value = klass.__dict__[attr]
             if isinstance(value, property):
+                if value.fget is None:
+                    return None
                 try:
-                    return value.fget(None)  # type: ignore[misc]
+                    return value.fget(None)
                 except Exception:  # noqa: BLE001 - a computed property: not static
                     return None
             return value
@@ -429,3 +531,52 @@ def construct(cls: type[Plugin], ctx: PluginContext, app: FastAPI | None = None)
         return plugin
     finally:
         _context.reset(token)
+
+
+# Every Plugin subclass that sets plugin_name (or plugin_id) lands here when its module
+# is imported: "plugins auto-register by plugin_name" (seed 000).
+plugin_classes: dict[str, type[Plugin]] = {}
+
+
+def load_class(spec: str) -> type[Plugin]:
+    """Import one plugin class from an entry-point name or a ``pkg.module:Class`` spec."""
+    if is_import_spec(spec):
+        module_name, _, qualname = spec.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    else:
+        eps = entry_points()
+        if spec not in eps:
+            known = ", ".join(sorted(eps)) or "none"
+            raise LookupError(f"no plugin named {spec!r} is installed (installed: {known})")
+        obj = eps[spec].load()
+    if not (isinstance(obj, type) and issubclass(obj, Plugin)):
+        raise TypeError(f"{spec} is not a subclass of isthmus.Plugin")
+    return obj
+
+
+class PluginRegistry:
+    """Plugin instances by id (seed 003's ``registry.register`` / ``get_plugin``)."""
+
+    def __init__(self) -> None:
+        self._plugins: dict[str, Plugin] = {}
+
+    def register(self, plugin: Plugin) -> Plugin:
+        self._plugins[plugin.instance_name] = plugin
+        return plugin
+
+    def get_plugin(self, plugin_id: str) -> Plugin | None:
+        return self._plugins.get(plugin_id)
+
+    def unregister(self, plugin_id: str) -> None:
+        self._plugins.pop(plugin_id, None)
+
+    def all(self) -> list[Plugin]:
+        return list(self._plugins.values())
+
+    def __contains__(self, plugin_id: object) -> bool:
+        return plugin_id in self._plugins
+
+
+registry = PluginRegistry()

@@ -84,7 +84,10 @@ class Stack:
         return env
 
     def _config_args(self) -> list[str]:
-        return ["--config", str(self.workdir / "isthmus.yaml")] if self.config is not None else []
+        if self.config is None:
+            return []
+        assert self.workdir is not None
+        return ["--config", str(self.workdir / "isthmus.yaml")]
 
     def _spawn(self, args: list[str], log_name: str, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
         assert self.workdir is not None

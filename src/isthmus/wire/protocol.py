@@ -1,32 +1,14 @@
-"""The wire between bridge and edge: msgpack frames, one table.
+"""The frames between bridge and edge: one table, msgpack encoding, sizes.
 
-Each WebSocket message is a msgpack array of frames (writes are coalesced); each frame
-is a map with ``t`` (its type) and the fields below. Binary bodies travel as bytes.
-
-=========  ==============  ========================================================
-frame      direction       fields
-=========  ==============  ========================================================
-hello      edge → bridge   v (protocol version), name, token, plugins (manifests)
-welcome    bridge → edge   edges (topology), max_body
-refuse     bridge → edge   reason, retry (seconds the edge should wait)
-req        bridge → edge   id, m (method), p (path), q (query bytes), h (headers),
-                           pr (principal [name, role]), dl (deadline, s),
-                           b (body bytes) or s=True (body follows as chunks)
-res        edge → bridge   id, st (status), h (headers), b (body) or s=True
-chunk      both            id, b (bytes), end (bool)
-credit     both            id, n (more chunks the receiver accepts)
-cancel     both            id (bridge: client gone / deadline; edge: stop streaming)
-notify     edge → bridge   plugin, topic, data, ow (owner principal or None)
-manifest   edge → bridge   plugins (re-sent after a reload changes them)
-topology   bridge → edge   edges
-ping/pong  both            ts
-shutdown   bridge → edge   reason
-=========  ==============  ========================================================
+Each WebSocket message is a msgpack array of frames (writes are coalesced); each frame is
+a map with ``t`` (its type) and the fields of its TypedDict below. Binary bodies travel
+as bytes; notification data as JSON bytes. ``FRAMES`` is the table the docs quote
+(docs/architecture.md, "The wire"); a test keeps the two equal.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NotRequired, TypedDict, get_type_hints
 
 import msgpack
 
@@ -49,8 +31,153 @@ PING = "ping"
 PONG = "pong"
 SHUTDOWN = "shutdown"
 
-FRAME_TYPES = frozenset({HELLO, WELCOME, REFUSE, REQUEST, RESPONSE, CHUNK, CREDIT, CANCEL, NOTIFY,
-                         MANIFEST, TOPOLOGY, PING, PONG, SHUTDOWN})
+# A decoded frame as handlers see it (the TypedDicts below say which keys each type has).
+Frame = dict[str, Any]
+Header = list[bytes]  # [name, value]
+
+
+class Hello(TypedDict):
+    """edge → bridge, first: who the edge is and what it serves."""
+
+    t: str
+    v: int  # protocol version
+    name: str
+    token: str | None  # enrolment token
+    plugins: dict[str, Any]  # plugin id -> manifest
+    host: str
+    pid: int
+    resume: NotRequired[str]  # the key of the previous connection (reconnect over a half-open link)
+
+
+class Welcome(TypedDict):
+    """bridge → edge: accepted."""
+
+    t: str
+    edges: dict[str, Any]  # topology
+    max_body: int
+    key: str  # this connection's key; shown again as ``resume`` on reconnect
+
+
+class Refuse(TypedDict):
+    """bridge → edge: not accepted (or no longer)."""
+
+    t: str
+    reason: str
+    retry: float  # seconds the edge should wait
+
+
+class Request(TypedDict):
+    """bridge → edge: one call."""
+
+    t: str
+    id: int
+    m: str  # method
+    p: str  # path, /plugin/...
+    q: bytes  # query string
+    h: list[Header]
+    pr: list[Any] | None  # principal [name, role, id]
+    dl: float  # deadline, seconds
+    b: NotRequired[bytes]  # the body, when small
+    s: NotRequired[bool]  # True: the body follows as chunks
+
+
+class Response(TypedDict):
+    """edge → bridge: the call's status and headers."""
+
+    t: str
+    id: int
+    st: int  # status
+    h: list[Header]
+    b: NotRequired[bytes]
+    s: NotRequired[bool]
+
+
+class Chunk(TypedDict):
+    """both: a piece of a streamed body."""
+
+    t: str
+    id: int
+    b: bytes
+    end: bool
+
+
+class Credit(TypedDict):
+    """both: the receiver accepts n more chunks."""
+
+    t: str
+    id: int
+    n: int
+
+
+class Cancel(TypedDict):
+    """both: bridge: the client left or the deadline passed; edge: stop streaming."""
+
+    t: str
+    id: int
+
+
+class Notify(TypedDict):
+    """edge → bridge: a plugin's event."""
+
+    t: str
+    plugin: str
+    topic: str
+    d: bytes  # one JSON value
+    ow: list[Any] | None  # owner principal
+
+
+class Manifest(TypedDict):
+    """edge → bridge: plugins changed after a reload."""
+
+    t: str
+    plugins: dict[str, Any]
+
+
+class Topology(TypedDict):
+    """bridge → edge: the connected edges changed."""
+
+    t: str
+    edges: dict[str, Any]
+
+
+class Ping(TypedDict):
+    """both: liveness (answered with pong, same ts)."""
+
+    t: str
+    ts: float | None
+
+
+class Shutdown(TypedDict):
+    """bridge → edge: stop (an admin disconnected the edge)."""
+
+    t: str
+    reason: str
+
+
+# frame type -> (direction, its TypedDict)
+FRAMES: dict[str, tuple[str, type]] = {
+    HELLO: ("edge → bridge", Hello),
+    WELCOME: ("bridge → edge", Welcome),
+    REFUSE: ("bridge → edge", Refuse),
+    REQUEST: ("bridge → edge", Request),
+    RESPONSE: ("edge → bridge", Response),
+    CHUNK: ("both", Chunk),
+    CREDIT: ("both", Credit),
+    CANCEL: ("both", Cancel),
+    NOTIFY: ("edge → bridge", Notify),
+    MANIFEST: ("edge → bridge", Manifest),
+    TOPOLOGY: ("bridge → edge", Topology),
+    PING: ("both", Ping),
+    PONG: ("both", Ping),
+    SHUTDOWN: ("bridge → edge", Shutdown),
+}
+FRAME_TYPES = frozenset(FRAMES)
+
+
+def frame_fields(kind: str) -> list[str]:
+    """The fields of frame type ``kind`` besides ``t``, in table order."""
+    return [name for name in get_type_hints(FRAMES[kind][1]) if name != "t"]
+
 
 # Bodies up to this size travel inside the req/res frame; larger ones stream as chunks.
 INLINE_BODY_MAX = 256 * 1024
@@ -71,15 +198,16 @@ MAX_CONTAINERS = 250_000
 _packer_opts: dict[str, Any] = {"use_bin_type": True}
 
 
-def pack(frames: list[dict[str, Any]]) -> bytes:
-    return msgpack.packb(frames, **_packer_opts)
+def pack(frames: list[Frame]) -> bytes:
+    data: bytes = msgpack.packb(frames, **_packer_opts)
+    return data
 
 
 class _TooManyContainers(Exception):
     pass
 
 
-def unpack(data: bytes, max_containers: int | None = None) -> list[dict[str, Any]]:
+def unpack(data: bytes, max_containers: int | None = None) -> list[Frame]:
     """Decode one WebSocket message; anything that is not a list of typed frames is an error.
 
     With ``max_containers`` (messages from edges) decoding stops past that many maps and

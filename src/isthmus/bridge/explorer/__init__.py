@@ -10,17 +10,15 @@ import asyncio
 import importlib.util
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message
 
 from ...sdk.registry import entry_points
 from ..proxy import respond
-
-if TYPE_CHECKING:
-    from ..app import Bridge
 
 STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -71,7 +69,7 @@ def relative_slash_redirect(path: str) -> bytes:
     return quote(clean.rstrip("/") + "/", safe="/").encode("ascii")
 
 
-def build_explorer(bridge: Bridge) -> Any:
+def build_explorer() -> Any:
     files = StaticFiles(directory=STATIC, html=True)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -86,7 +84,7 @@ def build_explorer(bridge: Bridge) -> Any:
             else:
                 await _serve_module(module, send)
             return
-        async def send_with_headers(message: dict[str, Any]) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
                 if 300 <= message["status"] < 400:  # StaticFiles' "add a slash" redirect

@@ -1,17 +1,28 @@
-"""cluster: where every node is, what state it is in, how healthy, which jobs run on it."""
+"""cluster: where every node is, what state it is in, how healthy, which jobs run on it.
+
+One snapshot (``ClusterView``) serves every read until it is ``refresh_interval`` old, or
+until something changed through Isthmus: the snapshot remembers the scheduler object and
+its ``generation`` (``BatchSystem.changed()``: a simulator incident, mode, override, a drain
+here ...) and this plugin's own generation (mapping, config); a read that finds either moved
+builds a new one first. That costs one tuple comparison per read, whichever plugin made the
+change, in this process. Every answer made from a snapshot says when its data was read:
+``as_of`` (unix seconds) and ``age`` (seconds).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from fastapi import Request
 
 from ... import schedulers
 from ...config import write_plugin_file
-from ...errors import ConfigError, PluginError, SchedulerError
+from ...errors import ConfigError, PluginError
+from ...schedulers.base import BatchSystem
 from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...types import Role
@@ -21,6 +32,22 @@ from .topology import Topology, from_dict, load_topology, unplaced
 from .view import CATALOG, ClusterView, History
 
 log = logging.getLogger("isthmus.plugins.cluster")
+MAX_REASON = 200
+
+# what a snapshot was built from: the scheduler object, its generation, this plugin's generation
+ViewKey = tuple[BatchSystem, int, int]
+
+
+@runtime_checkable
+class NodeControl(Protocol):
+    """A scheduler that drains and resumes nodes through Isthmus (today: the simulator).
+
+    An implementation calls ``BatchSystem.changed()`` after each change.
+    """
+
+    async def drain(self, node: str, reason: str) -> None: ...
+
+    async def resume(self, node: str) -> None: ...
 
 
 class PluginCluster(Plugin):
@@ -45,6 +72,11 @@ class PluginCluster(Plugin):
         self.history = History(self.config.history)
         self._topology: Topology | None = None
         self._refreshing: asyncio.Task[ClusterView] | None = None
+        self._refreshing_key: ViewKey | None = None
+        self._view_key: ViewKey | None = None
+        self._generation = 0  # bumped when this plugin's own inputs change (mapping, config, a drain)
+        self._builds = itertools.count(1)
+        self._installed = 0  # the build number of self.view: an older build never replaces a newer one
         self._loop_task: asyncio.Task[None] | None = None
         for path, handler in (("summary", self.summary), ("partitions", self.partitions), ("nodes", self.nodes),
                               ("node/{name}", self.node), ("rooms", self.rooms), ("room/{room_id}", self.room),
@@ -52,6 +84,8 @@ class PluginCluster(Plugin):
                               ("mapping", self.get_mapping)):
             self.add_route_get(path, handler)
         self.add_route_put("mapping", self.put_mapping)
+        self.add_route_post("node/{name}/drain", self.drain)
+        self.add_route_post("node/{name}/resume", self.resume)
 
     def register_menu_sections(self) -> list[MenuSection]:
         return [MenuSection(id="cluster", label="Cluster", icon="server", order=50, items=[
@@ -71,6 +105,7 @@ class PluginCluster(Plugin):
         self.mapping = config.mapping
         self._topology = None
         self.history = History(config.history)
+        self.invalidate()
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -82,23 +117,35 @@ class PluginCluster(Plugin):
                 self._topology = from_dict(system.topology(), f"<{system.name}>")
         return self._topology or unplaced(sorted(names))
 
-    async def _build(self) -> ClusterView:
+    @staticmethod
+    def _system() -> BatchSystem:
         try:
-            system = schedulers.current()
+            return schedulers.current()
         except LookupError as exc:
             raise PluginError(str(exc), 503) from exc
-        try:
-            nodes, jobs, partitions = await asyncio.gather(system.nodes(), system.jobs(include_finished=False),
-                                                           system.partitions())
-        except SchedulerError as exc:
-            raise PluginError(f"the scheduler did not answer: {exc}", 502) from exc
+
+    def _key(self, system: BatchSystem) -> ViewKey:
+        return (system, system.generation, self._generation)
+
+    def invalidate(self) -> None:
+        """The next read builds a new snapshot (this plugin's own inputs changed)."""
+        self._generation += 1
+
+    async def _build(self, system: BatchSystem, key: ViewKey) -> ClusterView:
+        number = next(self._builds)
+        as_of = time.time()  # before asking: whatever changes after this may be missing
+        # a SchedulerError answers its own status (502/503/504, isthmus.errors)
+        nodes, jobs, partitions = await asyncio.gather(system.nodes(), system.jobs(include_finished=False),
+                                                       system.partitions())
         try:
             topology = self._load_topology([n.name for n in nodes], system)
         except ConfigError as exc:
             raise PluginError(f"topology error: {exc}", 500) from exc
-        view = ClusterView(nodes, jobs, partitions, topology, self.mapping, self.config.thresholds)
+        view = ClusterView(nodes, jobs, partitions, topology, self.mapping, self.config.thresholds, as_of=as_of)
+        if number < self._installed:
+            return view  # a newer snapshot is already in place: answer with this one, keep that one
         self._announce(self.view, view)
-        self.view = view
+        self.view, self._view_key, self._installed = view, key, number
         self.history.record(view)
         return view
 
@@ -121,12 +168,23 @@ class PluginCluster(Plugin):
             self.notify("cluster", change)
 
     async def current(self, force: bool = False) -> ClusterView:
-        fresh = self.view is not None and time.time() - self.view.time < self.config.refresh_interval
-        if fresh and not force:
-            return self.view  # type: ignore[return-value]
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self._build())
+        """The snapshot, rebuilt first when ``force``d, too old, or anything changed since (see top)."""
+        system = self._system()
+        key = self._key(system)
+        view = self.view
+        if view is not None and not force and self._view_key == key \
+                and time.time() - view.time < self.config.refresh_interval:
+            return view
+        if self._refreshing is None or self._refreshing.done() or self._refreshing_key != key:
+            # a build started before the change would answer without it: start one after it
+            self._refreshing_key = key
+            self._refreshing = asyncio.create_task(self._build(system, key))
         return await asyncio.shield(self._refreshing)
+
+    @staticmethod
+    def _as_of(view: ClusterView) -> dict[str, float]:
+        """When the answer's data was read: ``as_of`` (unix seconds) and its ``age`` (seconds)."""
+        return {"as_of": round(view.time, 3), "age": round(max(0.0, time.time() - view.time), 3)}
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -147,15 +205,16 @@ class PluginCluster(Plugin):
         room = self._q(request, "room")
         if room is not None and room not in view.rooms:
             raise PluginError(f"no room {room!r}", 404)
-        return view.summary(room)
+        return {**view.summary(room), **self._as_of(view)}
 
     async def partitions(self, request: Request) -> dict[str, Any]:
-        return {"partitions": (await self.current()).partitions(self._q(request, "room"))}
+        view = await self.current()
+        return {"partitions": view.partitions(self._q(request, "room")), **self._as_of(view)}
 
     async def nodes(self, request: Request) -> dict[str, Any]:
         view = await self.current()
         nodes = view.select(self._q(request, "room"), self._q(request, "state"), self._q(request, "partition"))
-        return {"nodes": [{k: v for k, v in n.items() if k != "metrics"} for n in nodes]}
+        return {"nodes": [{k: v for k, v in n.items() if k != "metrics"} for n in nodes], **self._as_of(view)}
 
     async def node(self, request: Request) -> dict[str, Any]:
         view = await self.current()
@@ -164,10 +223,11 @@ class PluginCluster(Plugin):
         if node is None:
             raise PluginError(f"no node {name!r}", 404)
         jobs = [j.to_dict() for j in view.jobs if name in j.nodes]
-        return {**node, "jobs": jobs, "history": self.history.get(name)}
+        return {**node, "jobs": jobs, "history": self.history.get(name), **self._as_of(view)}
 
     async def rooms(self, request: Request) -> dict[str, Any]:
-        return {"rooms": list((await self.current()).rooms.values())}
+        view = await self.current()
+        return {"rooms": list(view.rooms.values()), **self._as_of(view)}
 
     async def room(self, request: Request) -> dict[str, Any]:
         view = await self.current()
@@ -176,7 +236,7 @@ class PluginCluster(Plugin):
         if room is None:
             raise PluginError(f"no room {room_id!r}; GET rooms lists them", 404)
         racks = [view.racks[k.id] for k in view.topology.rooms[room_id].racks]
-        return {**room, "racks": racks}
+        return {**room, "racks": racks, **self._as_of(view)}
 
     async def metrics_catalog(self, request: Request) -> dict[str, Any]:
         return {"metrics": CATALOG}
@@ -184,14 +244,15 @@ class PluginCluster(Plugin):
     async def metric(self, request: Request) -> dict[str, Any]:
         view = await self.current()
         try:
-            return view.metric(request.path_params["metric_id"], request.query_params.get("scope", "cluster"))
+            value = view.metric(request.path_params["metric_id"], request.query_params.get("scope", "cluster"))
         except KeyError as exc:
             raise PluginError(str(exc.args[0]), 404) from exc
+        return {**value, **self._as_of(view)}
 
     async def get_mapping(self, request: Request) -> dict[str, Any]:
         view = await self.current()
         return {"mapping": self.mapping.describe(), "unmatched": view.unmatched,
-                "mapped": len(view.nodes) - len(view.unmatched)}
+                "mapped": len(view.nodes) - len(view.unmatched), **self._as_of(view)}
 
     async def put_mapping(self, request: Request) -> dict[str, Any]:
         self.require_role(Role.admin)
@@ -200,11 +261,58 @@ class PluginCluster(Plugin):
         except ValueError as exc:
             raise PluginError(f"invalid mapping: {exc}", 422) from exc
         self.mapping = mapping
+        self.invalidate()
         if self.host is not None and getattr(self.host, "app_config", None) is not None:
             current = dict(self.config_sources.values) if self.config_sources else {}
             dedicated = {k: v for k, v in current.items() if self.config_sources
                          and self.config_sources.origin.get(k, "").endswith("plugin.yaml")}
             write_plugin_file(self.host.app_config, self.instance_name,
                               {**dedicated, "mapping": mapping.model_dump()})
-        view = await self.current(force=True)
-        return {"mapping": mapping.describe(), "unmatched": view.unmatched}
+        view = await self.current()
+        return {"mapping": mapping.describe(), "unmatched": view.unmatched, **self._as_of(view)}
+
+    # -- changes through Isthmus: visible in the next read --------------------------------------
+
+    def _control(self) -> NodeControl:
+        system = self._system()
+        if not isinstance(system, NodeControl):
+            raise PluginError(f"the {system.name} scheduler offers no drain through Isthmus "
+                              "(drain with its own tools; the view shows it within refresh_interval)", 501)
+        return system
+
+    async def _known(self, request: Request) -> str:
+        name = str(request.path_params["name"])
+        if name not in (await self.current()).nodes:
+            raise PluginError(f"no node {name!r}", 404)
+        return name
+
+    async def _changed_node(self, name: str) -> dict[str, Any]:
+        self.invalidate()  # even for a backend that forgot BatchSystem.changed()
+        view = await self.current()
+        node = {k: v for k, v in view.nodes[name].items() if k != "metrics"} if name in view.nodes else {}
+        return {**node, "name": name, **self._as_of(view)}
+
+    async def drain(self, request: Request) -> dict[str, Any]:
+        """``POST node/{name}/drain {"reason"}`` (admin): no new jobs there; answers the node as now."""
+        self.require_role(Role.admin)
+        control = self._control()
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise PluginError("send {\"reason\": \"why\"}", 422) from exc
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            raise PluginError("a drain needs a reason: {\"reason\": \"why\"}", 422)
+        if len(reason) > MAX_REASON or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
+            raise PluginError(f"the reason must be one line of at most {MAX_REASON} characters", 422)
+        name = await self._known(request)
+        await control.drain(name, reason.strip())
+        return await self._changed_node(name)
+
+    async def resume(self, request: Request) -> dict[str, Any]:
+        """``POST node/{name}/resume`` (admin): undo a drain made here; answers the node as now."""
+        self.require_role(Role.admin)
+        control = self._control()
+        name = await self._known(request)
+        await control.resume(name)
+        return await self._changed_node(name)

@@ -21,6 +21,7 @@ malformed hostlist, a slot outside the rack.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class _Loader(yaml.SafeLoader):
     """Keeps the line of every mapping as ``__line__`` for error messages."""
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[str, Any]:
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Hashable, Any]:
     mapping = loader.construct_mapping(node, deep=True)
     mapping["__line__"] = node.start_mark.line + 1
     mapping["__lines__"] = {k.value: v.start_mark.line + 1 for k, v in node.value if isinstance(k, yaml.ScalarNode)}
@@ -192,12 +193,12 @@ def from_dict(data: dict[str, Any], source: str = "<generated>") -> Topology:
 
 def unplaced(names: list[str]) -> Topology:
     """A stand-in when no topology is configured: one room, one rack per partition-less group."""
-    data = {"sites": [{"id": "site", "name": "Unplaced", "rooms": [{"id": "unplaced", "name": "Unplaced nodes",
-                                                                   "racks": []}]}]}
     rack_size = 42
-    racks = data["sites"][0]["rooms"][0]["racks"]
+    racks: list[dict[str, Any]] = []
     for i in range(0, len(names), rack_size):
         chunk = names[i:i + rack_size]
         racks.append({"id": f"u{i // rack_size + 1:02d}", "slots": rack_size,
                       "nodes": [{"name": n, "slot": j + 1} for j, n in enumerate(chunk)]})
+    data = {"sites": [{"id": "site", "name": "Unplaced", "rooms": [{"id": "unplaced", "name": "Unplaced nodes",
+                                                                   "racks": racks}]}]}
     return from_dict(data, "<unplaced>")

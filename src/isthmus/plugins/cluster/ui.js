@@ -8,7 +8,7 @@ const SEVERITIES = ['OK', 'UNKNOWN', 'WARN', 'CRIT'];
 
 export function template() {
   return `<div class="card"><h2>Summary</h2><div class="cl-bars bars" role="img" aria-label="nodes by severity"></div>
-    <p class="cl-counts hint"></p></div>
+    <p class="cl-counts hint"></p><p class="cl-asof hint" aria-live="polite"></p></div>
     <div class="card"><h2>Rooms</h2><div class="cl-rooms" role="tablist"></div><div class="cl-room"></div></div>
     <div class="card"><h2>Partitions</h2><div class="cl-parts"></div></div>
     <div class="card"><h2>Nodes</h2><label for="cl-state">State </label><select id="cl-state" class="cl-state">
@@ -21,6 +21,13 @@ export function css() { return '.cl-rooms button.active { border-color: var(--ac
 
 let currentRoom = null;
 
+// Answers come from a snapshot: say when its data was read (as_of, unix seconds; age, seconds).
+function asOf(s) {
+  if (typeof s.as_of !== 'number' || !Number.isFinite(s.as_of)) return '';
+  const age = typeof s.age === 'number' && Number.isFinite(s.age) ? Math.round(s.age) : 0;
+  return `as of ${new Date(s.as_of * 1000).toLocaleTimeString()}` + (age >= 1 ? ` (${age} s old when fetched)` : '');
+}
+
 async function summary(page, api) {
   const s = await api.fetch('summary');
   const bars = page.querySelector('.cl-bars');
@@ -30,6 +37,9 @@ async function summary(page, api) {
     return span;
   }));
   page.querySelector('.cl-counts').textContent = `${s.total} nodes · ` + SEVERITIES.map(k => `${k} ${s.by_severity[k]}`).join(' · ');
+  const stamp = page.querySelector('.cl-asof');
+  stamp.textContent = asOf(s);  // text, never markup
+  stamp.dataset.asOf = String(s.as_of ?? '');
 }
 
 async function showNode(api, nodeName) {
@@ -39,6 +49,7 @@ async function showNode(api, nodeName) {
       n.reason ? ` — ${n.reason}` : ''),
     el('p', { text: `${n.site || '?'} / ${n.room || '?'} / rack ${n.rack || '?'} slot ${n.slot ?? '?'} · partitions ${fmt(n.partitions)}` }),
     el('p', { text: `CPUs ${n.cpus_alloc}/${n.cpus} · GPUs ${n.gpus_alloc}/${n.gpus} · metrics ${fmt(n.metrics)}` }),
+    el('p', { class: 'hint cl-node-asof', text: asOf(n) }),
     el('h3', { text: `Jobs (${n.jobs.length})` }),
     el('table', {}, el('tbody', {}, ...n.jobs.map(j => el('tr', {}, el('td', { text: j.job_id }), el('td', { text: j.name }),
       el('td', { text: j.user }), el('td', { text: j.state }))))));

@@ -1,7 +1,8 @@
 """One snapshot of the cluster: nodes placed in the room, with health rolled up.
 
 Built from scheduler data in one pass (about 5 ms for 500 nodes) and then only read;
-a new snapshot replaces the old one whole.
+a new snapshot replaces the old one whole. ``time`` is when its data was asked for: every
+answer made from it says so (``as_of``, see the cluster plugin).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ...jobstates import JobState
 from ...schedulers.base import Job, Node, Partition
 from .health import Severity, Thresholds, counts, node_severity, worst
 from .mapping import NodeMapping
@@ -33,8 +35,8 @@ CATALOG = [
 
 class ClusterView:
     def __init__(self, nodes: list[Node], jobs: list[Job], partitions: list[Partition], topology: Topology,
-                 mapping: NodeMapping, thresholds: Thresholds) -> None:
-        self.time = time.time()
+                 mapping: NodeMapping, thresholds: Thresholds, as_of: float | None = None) -> None:
+        self.time = time.time() if as_of is None else as_of
         self.topology = topology
         placed = set(topology.placements)
         self.to_topo, self.unmatched = mapping.apply([n.name for n in nodes], placed)
@@ -60,7 +62,7 @@ class ClusterView:
         by_topo = {v["topology_name"]: v for v in self.nodes.values()}
         self.racks: dict[str, dict[str, Any]] = {}
         for rack in topology.racks.values():
-            members = []
+            members: list[dict[str, Any]] = []
             for p in rack.nodes:
                 entry = by_topo.get(p.name)
                 members.append({"name": entry["name"] if entry else p.name, "slot": p.slot,
@@ -141,8 +143,8 @@ class ClusterView:
                 or names.intersection(j.nodes)]
         temps = [n["metrics"].get("temperature") for n in nodes if n["metrics"].get("temperature") is not None]
         values = {
-            "running_jobs": sum(1 for j in jobs if j.state.value == "RUNNING"),
-            "pending_jobs": sum(1 for j in jobs if j.state.value == "PENDING"),
+            "running_jobs": sum(1 for j in jobs if j.state is JobState.RUNNING),
+            "pending_jobs": sum(1 for j in jobs if j.state is JobState.PENDING),
             "allocated_cpus": sum(n["cpus_alloc"] for n in nodes),
             "allocated_gpus": sum(n["gpus_alloc"] for n in nodes),
             "allocation_ratio": round(sum(n["cpus_alloc"] for n in nodes) / max(1, sum(n["cpus"] for n in nodes)), 4),

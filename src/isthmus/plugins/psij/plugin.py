@@ -13,6 +13,7 @@ shared with the tasks plugin.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shlex
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from ... import schedulers
 from ...config import default_state_dir
 from ...errors import PluginError
+from ...jobstates import JobState, from_psij
 from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...sdk.session import PluginSession
@@ -234,16 +236,17 @@ class PluginPsij(Plugin):
                                    reservation_id=a.reservation_id, project_name=a.project_name,
                                    custom_attributes=dict(a.custom_attributes) or None)
         wrapper = WRAPPER.format(exit_file=shlex.quote(rec["exit_file"]))
+        environment: dict[str, str | int] = {**self._environment(spec, rec["executor"])}  # as JobSpec types it
         job_spec = JobSpec(executable="/bin/sh", arguments=["-c", wrapper, "isthmus-job", spec.executable,
                                                             *spec.arguments],
                            directory=Path(_expand(spec.directory)) if spec.directory else Path(rec["workdir"]),
                            name=spec.name or f"isthmus-{rec['id']}", inherit_environment=False,
-                           environment=self._environment(spec, rec["executor"]),
+                           environment=environment,
                            stdin_path=Path(_expand(spec.stdin_path)) if spec.stdin_path else None,
                            stdout_path=Path(rec["stdout_path"]), stderr_path=Path(rec["stderr_path"]),
                            resources=resources, attributes=attributes, launcher=spec.launcher)
         job = Job(job_spec)
-        job.set_job_status_callback(lambda j, status, job_id=rec["id"]: self._on_status(job_id, j, status))
+        job.set_job_status_callback(functools.partial(self._on_status, rec["id"]))
         return job
 
     def _parse_request(self, body: Any) -> tuple[JobSpecModel, str]:
@@ -285,14 +288,14 @@ class PluginPsij(Plugin):
         self._executor(executor_name)  # an unknown executor is a 422 now, not a failed job later
         who = current_principal.get()
         rec = {"id": job_id, "owner": _owner_name(who), "executor": executor_name, "native_id": None,
-               "spec": {**spec.model_dump(), **resolved}, "state": "NEW", "exit_code": None,
+               "spec": {**spec.model_dump(), **resolved}, "state": JobState.NEW.value, "exit_code": None,
                "message": None, "workdir": str(workdir),
                "stdout_path": resolved["stdout_path"] or str(workdir / "stdout"),
                "stderr_path": resolved["stderr_path"] or str(workdir / "stderr"),
                "exit_file": str(workdir / "exit_code")}
         await asyncio.to_thread(self._prepare, rec)
         asyncio.get_running_loop().run_in_executor(None, self._submit, rec)  # returns at once
-        return {"job_id": job_id, "executor": executor_name, "state": "NEW"}
+        return {"job_id": job_id, "executor": executor_name, "state": JobState.NEW.value}
 
     def _prepare(self, rec: dict[str, Any]) -> None:
         Path(rec["workdir"]).mkdir(parents=True, exist_ok=True)
@@ -310,22 +313,23 @@ class PluginPsij(Plugin):
         except Exception as exc:  # noqa: BLE001 - a failed submission is a FAILED job, with the reason
             log.warning("submission of job %s failed: %s", rec["id"], exc)
             self._live.pop(rec["id"], None)
-            self._record(rec["id"], "FAILED", None, f"submission failed: {exc}")
+            self._record(rec["id"], JobState.FAILED, None, f"submission failed: {exc}")
 
     # -- status --------------------------------------------------------------------------------------
 
     def _on_status(self, job_id: str, job: Any, status: Any) -> None:
-        """PSI/J's callback (its threads): record, then notify the owner."""
-        state = status.state.name
+        """PSI/J's callback (its threads): record (in our vocabulary, ``from_psij``), then notify the owner."""
+        final = from_psij(status.state.name).final
         if job.native_id is not None:
             rec = self.store.get(job_id)
             if rec is not None and rec["native_id"] is None:
                 self.store.set_native_id(job_id, str(job.native_id))
-        exit_code = status.exit_code if state in FINAL else None
-        if state in FINAL:
+        exit_code = status.exit_code if final else None
+        if final:
             exit_code = self._exit_file_code(job_id, exit_code)
             self._live.pop(job_id, None)
-        self._record(job_id, state, exit_code, status.message)
+        # an attached local job reports COMPLETED whatever it returned; its exit file knows better
+        self._record(job_id, from_psij(status.state.name, exit_code), exit_code, status.message)
 
     def _exit_file_code(self, job_id: str, fallback: int | None) -> int | None:
         rec = self.store.get(job_id)
@@ -336,13 +340,11 @@ class PluginPsij(Plugin):
         except (OSError, ValueError):
             return fallback
 
-    def _record(self, job_id: str, state: str, exit_code: int | None, message: str | None) -> None:
-        if state == "COMPLETED" and exit_code not in (None, 0):
-            state = "FAILED"  # an attached local job reports COMPLETED; its exit file knows better
-        rec = self.store.transition(job_id, state, exit_code, message)
+    def _record(self, job_id: str, state: JobState, exit_code: int | None, message: str | None) -> None:
+        rec = self.store.transition(job_id, state.value, exit_code, message)
         if rec is None:
             return
-        data = {"job_id": job_id, "state": state, "exit_code": rec["exit_code"], "native_id": rec["native_id"],
+        data = {"job_id": job_id, "state": state.value, "exit_code": rec["exit_code"], "native_id": rec["native_id"],
                 "executor": rec["executor"], "message": rec["message"], "time": rec["updated"]}
         owner = None if rec["owner"] == LOCAL_OWNER else Principal(rec["owner"], Role.user, rec["owner"])
         self.notify("job_status", data, owner=owner)
@@ -354,19 +356,19 @@ class PluginPsij(Plugin):
                 self._reattach(rec)
             except Exception as exc:  # noqa: BLE001 - one lost job must not stop the others
                 log.warning("cannot re-attach job %s: %s", rec["id"], exc)
-                self._record(rec["id"], "FAILED", None, f"lost across an edge restart: {exc}")
+                self._record(rec["id"], JobState.FAILED, None, f"lost across an edge restart: {exc}")
 
     def _reattach(self, rec: dict[str, Any]) -> None:
         if not rec["native_id"]:
-            self._record(rec["id"], "FAILED", None, "the edge stopped before the job was submitted")
+            self._record(rec["id"], JobState.FAILED, None, "the edge stopped before the job was submitted")
             return
         if rec["executor"] == "local" and not self._local_alive(rec):
             code = self._exit_file_code(rec["id"], None)
             if code is None:
-                self._record(rec["id"], "FAILED", None, "the process ended while the edge was down, without an "
-                                                        "exit code")
+                self._record(rec["id"], JobState.FAILED, None,
+                             "the process ended while the edge was down, without an exit code")
             else:
-                self._record(rec["id"], "COMPLETED" if code == 0 else "FAILED", code,
+                self._record(rec["id"], JobState.DONE if code == 0 else JobState.FAILED, code,
                              "finished while the edge was down")
             return
         job = self._psij_job(rec)
@@ -411,7 +413,7 @@ class PluginPsij(Plugin):
                 "native_id": rec["native_id"], "executor": rec["executor"], "message": rec["message"],
                 "name": rec["spec"].get("name"), "executable": rec["spec"]["executable"],
                 "arguments": rec["spec"].get("arguments", []), "owner": rec["owner"],
-                "submitted": rec["created"], "started": times.get("ACTIVE"),
+                "submitted": rec["created"], "started": times.get(JobState.RUNNING.value),
                 "finished": rec["updated"] if rec["state"] in FINAL else None, "history": rec["history"]}
 
     async def job_status(self, request: Request) -> dict[str, Any]:

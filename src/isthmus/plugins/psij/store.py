@@ -2,6 +2,9 @@
 
 One connection guarded by a lock; callers run it off the event loop (``asyncio.to_thread``)
 and PSI/J's callback threads use it directly. WAL mode keeps readers and the writer apart.
+
+States are the project's (``isthmus.jobstates``); records written with PSI/J's names (QUEUED,
+ACTIVE, COMPLETED, CANCELED: before the one vocabulary) are rewritten when the store opens.
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...jobstates import FINAL as FINAL_STATES
+from ...jobstates import PSIJ_NAMES, parse
 from ..sqlite_store import SqliteStore
 
-FINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+FINAL = frozenset(state.value for state in FINAL_STATES)  # plain strings: SQL parameters, record values
+LEGACY = tuple(name for name, state in PSIJ_NAMES.items() if name != state.value)
+# Job records; an alias because JobStore.list shadows the builtin in the class body's annotations.
+JobRecords = list[dict[str, Any]]
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -42,6 +50,27 @@ COLUMNS = ("id", "owner", "executor", "native_id", "spec", "state", "exit_code",
 class JobStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
+        self._migrate_states()
+
+    def _migrate_states(self) -> None:
+        """Rewrite states (and their history) stored under PSI/J's names into ours; a no-op once done."""
+        marks = ", ".join("?" * len(LEGACY))
+        like = " OR ".join("history LIKE ?" for _ in LEGACY)
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, state, history FROM jobs WHERE state IN ({marks}) OR {like}",
+                                    (*LEGACY, *(f'%"{name}"%' for name in LEGACY))).fetchall()
+            if not rows:
+                return
+            updates = [(parse(state).value,
+                        json.dumps([{**step, "state": parse(step["state"]).value} for step in json.loads(history)]),
+                        job_id) for job_id, state, history in rows]
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("UPDATE jobs SET state = ?, history = ? WHERE id = ?", updates)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     @staticmethod
     def _row(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
@@ -76,7 +105,7 @@ class JobStore(SqliteStore):
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [r for r in (self._row(row) for row in rows) if r is not None]
 
-    def unfinished(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> JobRecords:
         marks = ", ".join("?" * len(FINAL))
         with self._lock:
             rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state NOT IN ({marks})",
@@ -108,7 +137,7 @@ class JobStore(SqliteStore):
                 rec["message"] = message
             return rec
 
-    def prune(self, max_age: float, max_jobs: int) -> list[dict[str, Any]]:
+    def prune(self, max_age: float, max_jobs: int) -> JobRecords:
         """Forget final jobs older than ``max_age`` seconds, and the oldest beyond ``max_jobs``."""
         cutoff = time.time() - max_age
         marks = ", ".join("?" * len(FINAL))

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
-class SharedCache:
+class SharedCache(Generic[V]):
     """``get(key, fetch)`` returns a fresh-enough value; concurrent misses share one fetch."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._values: dict[Any, tuple[float, Any]] = {}
-        self._inflight: dict[Any, asyncio.Future[Any]] = {}
+        self._values: dict[Hashable, tuple[float, V]] = {}
+        self._inflight: dict[Hashable, asyncio.Future[V]] = {}
         self.fetches = 0
 
-    async def get(self, key: Any, fetch: Callable[[], Awaitable[Any]], force: bool = False) -> Any:
+    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[V]], force: bool = False) -> V:
         hit = self._values.get(key)
         if hit is not None and not force and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             self.fetches += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ...sdk.client import PluginClient
 
@@ -15,22 +15,25 @@ class QueueInfoClient(PluginClient):
     plugin_name = "queue_info"
 
     def backend(self) -> str:
-        return self._get("backend")["backend"]
+        return cast(str, self._get("backend")["backend"])
 
     def job_allocation(self) -> dict[str, Any] | None:
-        return self._get("job_allocation")["allocation"]
+        return cast(dict[str, Any] | None, self._get("job_allocation")["allocation"])
 
     def get_info(self, user: str | None = None, force: bool = False) -> dict[str, Any]:
-        return self._get(f"get_info/{self._require_sid()}", user=user, force=_flag(force))
+        return cast(dict[str, Any], self._get(f"get_info/{self._require_sid()}", user=user, force=_flag(force)))
 
     def list_jobs(self, queue: str, user: str | None = None, force: bool = False) -> list[dict[str, Any]]:
-        return self._get(f"list_jobs/{self._require_sid()}", queue=queue, user=user, force=_flag(force))["jobs"]
+        jobs = self._get(f"list_jobs/{self._require_sid()}", queue=queue, user=user, force=_flag(force))["jobs"]
+        return cast(list[dict[str, Any]], jobs)
 
     def list_all_jobs(self, user: str | None = None, force: bool = False) -> list[dict[str, Any]]:
-        return self._get(f"list_all_jobs/{self._require_sid()}", user=user, force=_flag(force))["jobs"]
+        jobs = self._get(f"list_all_jobs/{self._require_sid()}", user=user, force=_flag(force))["jobs"]
+        return cast(list[dict[str, Any]], jobs)
 
     def list_allocations(self, user: str | None = None, force: bool = False) -> list[dict[str, Any]]:
-        return self._get(f"list_allocations/{self._require_sid()}", user=user, force=_flag(force))["allocations"]
+        allocations = self._get(f"list_allocations/{self._require_sid()}", user=user, force=_flag(force))["allocations"]
+        return cast(list[dict[str, Any]], allocations)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self._post(f"cancel_job/{self._require_sid()}", json={"job_id": str(job_id)})
+        return cast(dict[str, Any], self._post(f"cancel_job/{self._require_sid()}", json={"job_id": str(job_id)}))

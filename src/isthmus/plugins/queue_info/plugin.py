@@ -13,6 +13,7 @@ import asyncio
 import getpass
 import logging
 import os
+from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from fastapi import Request
 
 from ... import schedulers
 from ...config import default_state_dir, load_plugin_config
-from ...errors import PluginError, SchedulerError
+from ...errors import PluginError
 from ...schedulers.hostlist import expand
 from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
@@ -32,15 +33,16 @@ from .submitters import PSIJ_DB, executors_for, submitter
 
 log = logging.getLogger("isthmus.plugins.queue_info")
 ALL_USERS = "*"
+Rows = list[dict[str, Any]]  # what the shared cache holds: partitions, jobs or allocations as dicts
 
 
 def allocation_from_env(env: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The batch allocation this process runs in, read from the scheduler's environment."""
     env = dict(os.environ if env is None else env)
     if "SLURM_JOB_ID" in env:
-        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
         return {"scheduler": "slurm", "job_id": env["SLURM_JOB_ID"], "partition": env.get("SLURM_JOB_PARTITION"),
-                "account": env.get("SLURM_JOB_ACCOUNT"), "nodes": expand(nodes) if nodes else [],
+                "account": env.get("SLURM_JOB_ACCOUNT"), "nodes": expand(nodelist) if nodelist else [],
                 "num_nodes": int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 0),
                 "cpus_on_node": int(env.get("SLURM_CPUS_ON_NODE") or 0)}
     if "PBS_JOBID" in env:
@@ -83,7 +85,7 @@ class PluginQueueInfo(Plugin):
 
     def __init__(self, app: Any = None, instance_name: str | None = None) -> None:
         super().__init__(app, instance_name)
-        self.cache = SharedCache(self.config.cache_ttl)
+        self.cache: SharedCache[Rows] = SharedCache(self.config.cache_ttl)
         self.edge_user = getpass.getuser()
         self._prefetch: asyncio.Task[None] | None = None
         self.add_route_get("backend", self.backend)
@@ -125,11 +127,9 @@ class PluginQueueInfo(Plugin):
         except LookupError as exc:
             raise PluginError(str(exc), 503) from exc
 
-    async def _call(self, key: Any, fetch: Any, force: bool) -> Any:
-        try:
-            return await self.cache.get(key, fetch, force)
-        except SchedulerError as exc:
-            raise PluginError(f"the scheduler did not answer: {exc}", 502) from exc
+    async def _call(self, key: Hashable, fetch: Callable[[], Awaitable[Rows]], force: bool) -> Rows:
+        # a SchedulerError answers its own status (502/503/504, isthmus.errors)
+        return await self.cache.get(key, fetch, force)
 
     async def _partitions(self, force: bool) -> list[dict[str, Any]]:
         system = self._scheduler()
@@ -235,18 +235,12 @@ class PluginQueueInfo(Plugin):
             if owner != who.id:
                 raise PluginError(f"job {job_id} was not submitted through Isthmus by you; only the principal "
                                   "that submitted it (through the psij plugin) or an admin may cancel it", 403)
-        try:
-            job = await system.job(job_id)
-        except SchedulerError as exc:
-            raise PluginError(f"the scheduler did not answer: {exc}", 502) from exc
+        job = await system.job(job_id)  # a SchedulerError answers its own status
         if job is None:
             raise PluginError(f"no job {job_id}", 404)
         if job.user and job.user != self.edge_user:
             raise PluginError(f"job {job_id} belongs to {job.user}; this edge acts for {self.edge_user} "
                               "and cancels only that user's jobs", 403)
-        try:
-            await system.cancel(job_id)
-        except SchedulerError as exc:
-            raise PluginError(f"cancel failed: {exc}", 502) from exc
+        await system.cancel(job_id)
         self.cache.clear()
         return {"job_id": job_id, "status": "cancel requested"}

@@ -158,4 +158,5 @@ class PluginSimulator(Plugin):
         if not 0 < seconds <= 86400:
             raise PluginError("seconds must be in (0, 86400]", 422)
         self.sim.tick(seconds)
+        self.sim.changed()  # asked for through Isthmus: views built before it are stale
         return self.sim.status()

@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ...errors import ClientError
 from ...sdk.client import PluginClient
@@ -20,19 +20,20 @@ class StagingClient(PluginClient):
     plugin_name = "staging"
 
     def list(self, remote_path: str = "~") -> dict[str, Any]:
-        return self._get(f"list/{self._require_sid()}", path=remote_path)
+        return cast(dict[str, Any], self._get(f"list/{self._require_sid()}", path=remote_path))
 
     def stat(self, path: str) -> dict[str, Any]:
-        return self._get(f"stat/{self._require_sid()}", path=path)
+        return cast(dict[str, Any], self._get(f"stat/{self._require_sid()}", path=path))
 
     def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False) -> dict[str, Any]:
-        return self._post(f"mkdir/{self._require_sid()}", json={"path": path, "parents": parents, "exist_ok": exist_ok})
+        body = {"path": path, "parents": parents, "exist_ok": exist_ok}
+        return cast(dict[str, Any], self._post(f"mkdir/{self._require_sid()}", json=body))
 
     def remove(self, path: str) -> dict[str, Any]:
-        return self._post(f"remove/{self._require_sid()}", json={"path": path})
+        return cast(dict[str, Any], self._post(f"remove/{self._require_sid()}", json={"path": path}))
 
     def checksum(self, path: str) -> dict[str, Any]:
-        return self._get(f"checksum/{self._require_sid()}", path=path)
+        return cast(dict[str, Any], self._get(f"checksum/{self._require_sid()}", path=path))
 
     def put(self, local_src: str | os.PathLike[str], remote_dst: str, overwrite: bool = False, resume: bool = False,
             progress: Progress | None = None) -> dict[str, Any]:
@@ -66,11 +67,11 @@ class StagingClient(PluginClient):
                                   headers={**LONG, "content-length": str(total - offset)}, timeout=None)
             self._raise(resp, f"upload {src} → {remote_dst}")
         digest = hasher.hexdigest()
-        return self._post(f"commit/{sid}", json={"path": remote_dst, "size": total, "sha256": digest,
-                                                "overwrite": overwrite})
+        commit = {"path": remote_dst, "size": total, "sha256": digest, "overwrite": overwrite}
+        return cast(dict[str, Any], self._post(f"commit/{sid}", json=commit))
 
     def abort(self, remote_dst: str) -> dict[str, Any]:
-        return self._post(f"abort/{self._require_sid()}", json={"path": remote_dst})
+        return cast(dict[str, Any], self._post(f"abort/{self._require_sid()}", json={"path": remote_dst}))
 
     def get(self, remote_src: str, local_dst: str | os.PathLike[str], overwrite: bool = False,
             progress: Progress | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ...sdk.client import PluginClient
 
@@ -11,10 +11,10 @@ class SysinfoClient(PluginClient):
     plugin_name = "sysinfo"
 
     def info(self) -> dict[str, Any]:
-        return self._get("info")
+        return cast(dict[str, Any], self._get("info"))
 
     def homedir(self) -> str:
-        return self._get("homedir")["homedir"]
+        return cast(str, self._get("homedir")["homedir"])
 
     def metrics(self) -> dict[str, Any]:
-        return self._get(f"metrics/{self._require_sid()}")
+        return cast(dict[str, Any], self._get(f"metrics/{self._require_sid()}"))

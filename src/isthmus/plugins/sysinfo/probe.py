@@ -82,7 +82,7 @@ def network() -> list[dict[str, Any]]:
 def gpus() -> list[dict[str, Any]]:
     """NVIDIA GPUs through NVML when nvidia-ml-py and a driver exist; [] otherwise, never a hang."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return []
     try:

@@ -6,7 +6,7 @@ import base64
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 import orjson
@@ -78,16 +78,16 @@ class TasksClient(PluginClient):
     # -- reading --------------------------------------------------------------------------------
 
     def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
-        return self._get(f"list_tasks/{self._require_sid()}", state=state)["tasks"]
+        return cast(list[dict[str, Any]], self._get(f"list_tasks/{self._require_sid()}", state=state)["tasks"])
 
     def get_task(self, uid: str) -> dict[str, Any]:
-        return self._get(f"get_task/{self._require_sid()}/{uid}")
+        return cast(dict[str, Any], self._get(f"get_task/{self._require_sid()}/{uid}"))
 
     def cancel_task(self, uid: str) -> int:
-        return self._post(f"cancel_task/{self._require_sid()}/{uid}")["cancelled"]
+        return cast(int, self._post(f"cancel_task/{self._require_sid()}/{uid}")["cancelled"])
 
     def cancel_all_tasks(self) -> int:
-        return self._post(f"cancel_all_tasks/{self._require_sid()}")["cancelled"]
+        return cast(int, self._post(f"cancel_all_tasks/{self._require_sid()}")["cancelled"])
 
     def _refresh(self) -> None:
         snapshot = self.list_tasks()

@@ -456,7 +456,9 @@ class PluginTasks(Plugin):
     # -- routes ---------------------------------------------------------------------------------
 
     def _session(self, request: Request) -> TasksSession:
-        return self._get_session(request.path_params["sid"])  # type: ignore[return-value]
+        session = self._get_session(request.path_params["sid"])
+        assert isinstance(session, TasksSession)  # session_class: every session of this plugin is one
+        return session
 
     async def submit_tasks(self, request: Request) -> dict[str, Any]:
         session = self._session(request)

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..jobpolicy import build_environment, passthrough_environment, scrub_environ
 
@@ -99,12 +99,12 @@ def _release_forkserver_pipe() -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     fd = getattr(server, "_forkserver_alive_fd", None)
-    if isinstance(fd, int):
+    if server is not None and isinstance(fd, int):
         try:
             os.close(fd)
         except OSError:
             pass
-        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+        server._forkserver_alive_fd = None
 
 
 def init_pool_worker() -> None:
@@ -132,7 +132,7 @@ def _function(task: dict[str, Any]) -> Callable[..., Any]:
     if task.get("pickled"):
         import cloudpickle
 
-        return cloudpickle.loads(base64.b64decode(spec))
+        return cast(Callable[..., Any], cloudpickle.loads(base64.b64decode(spec)))  # cloudpickle is untyped
     fn = _functions.get(spec)
     if fn is None:
         module, _, qualname = spec.partition(":")

@@ -5,7 +5,7 @@ The scale-out path: Isthmus does not manage workers itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ..worker import run_chunk
 from . import Backend
@@ -34,7 +34,7 @@ class DaskBackend(Backend):
             import dask_jobqueue
 
             kind = str(self.jobqueue.pop("kind", "slurm"))
-            jobs = int(self.jobqueue.pop("jobs", 1))  # type: ignore[call-overload]
+            jobs = int(self.jobqueue.pop("jobs", 1))
             if kind not in JOBQUEUE:
                 raise ValueError(f"dask_jobqueue kind must be one of {', '.join(JOBQUEUE)}")
             self.cluster = await getattr(dask_jobqueue, JOBQUEUE[kind])(asynchronous=True, **self.jobqueue)
@@ -44,7 +44,7 @@ class DaskBackend(Backend):
 
     async def run_chunk(self, tasks: list[dict[str, Any]], tail: int) -> list[dict[str, Any]]:
         future = self.client.submit(run_chunk, tasks, tail, pure=False)
-        return await future
+        return cast(list[dict[str, Any]], await future)  # distributed is untyped: its Future gives Any
 
     def parallelism(self) -> int:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from typing import Any
+from typing import Any, cast
 
 from ..worker import run_chunk
 from . import Backend
@@ -55,7 +55,7 @@ class RhapsodyBackend(Backend):
         task = ComputeTask(function=run_chunk, args=[tasks, tail])
         (future,) = await self.session.submit_tasks([task])
         await future
-        return task.return_value
+        return cast(list[dict[str, Any]], task.return_value)  # rhapsody ships no types
 
     def parallelism(self) -> int:
         return self.workers * 2
