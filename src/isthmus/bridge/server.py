@@ -112,6 +112,7 @@ class GuardedHttp(HttpToolsProtocol):
         self.guard: Guard | None = None
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._in_headers = False
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen = 0.0
         self._upgraded = False
@@ -161,9 +162,12 @@ class GuardedHttp(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-            if self._header_timer is not None:  # armed from a request's first byte to its last header
-                # httptools buffers a header until it is complete: count what it holds
+            if self._in_headers:
+                # headers still incomplete after this read: httptools buffers them, so count
+                # what it holds, and start the clock (most requests never get here: their
+                # headers arrive in one read, so the fast path sets no timer at all)
                 self._count(len(data))
+                self._arm_header_timer()
         except _Refuse as refusal:
             self._refuse(refusal)
         except httptools.HttpParserCallbackError as exc:
@@ -185,7 +189,7 @@ class GuardedHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        self._arm_header_timer()
+        self._in_headers = True
         self.scope["extensions"] = {"isthmus.guard": {"guard": self.guard}}
 
     def _count(self, n: int) -> None:
@@ -195,6 +199,7 @@ class GuardedHttp(HttpToolsProtocol):
                           f"request line and headers over {LIMITS.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
