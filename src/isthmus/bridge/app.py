@@ -152,13 +152,16 @@ class Bridge:
     def authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, str | None, bool]:
         """(principal, the token's digest, from_cookie); marks the connection authenticated."""
         token, from_cookie = credentials(scope["headers"])
-        principal = self.tokens.client(token)
+        if not token:
+            return None, None, from_cookie
+        key = digest(token)
+        principal = self.tokens.client_by_digest(key)
         if principal is None:
             return None, None, from_cookie
         guard = guard_of(scope)
         if guard is not None:
             guard.authenticated()
-        return principal, digest(token) if token else None, from_cookie
+        return principal, key, from_cookie
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

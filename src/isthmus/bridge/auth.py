@@ -102,10 +102,11 @@ class TokenStore:
         """The principal a client token stands for, or None."""
         if not token:
             return None
-        self._refresh()
         return self.client_by_digest(digest(token))
 
     def client_by_digest(self, key: str) -> Principal | None:
+        """The principal of the token whose digest is ``key`` (re-reading the file at most once a second)."""
+        self._refresh()
         return self._env_clients.get(key) or self._file_clients.get(key)
 
     def edge_allowed(self, token: str | None, name: str) -> bool:

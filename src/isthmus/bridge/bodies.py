@@ -7,11 +7,8 @@ most, within a few seconds.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-log = logging.getLogger("isthmus.bridge")
 
 CLOSE = [(b"connection", b"close")]
 

@@ -44,9 +44,6 @@ PING_INTERVAL = 15.0
 SILENCE_LIMIT = 45.0
 
 
-EdgeGone = CallAborted  # the edge disconnected or aborted while a request was in flight
-
-
 class EdgeLink:
     """The bridge's side of one connected edge (or of the bridge's own plugins)."""
 
@@ -75,7 +72,7 @@ class EdgeLink:
         return Call(self.peer, rid, deadline)
 
     def fail_all(self, why: str) -> None:
-        exc = EdgeGone(why)
+        exc = CallAborted(why)
         for call in list(self.peer.calls.values()):
             call.abort(exc)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -92,10 +93,6 @@ class Guard:
             on_auth()
 
 
-def preauth_connections(address: str) -> int:
-    return _preauth.get(address, 0)
-
-
 _REFUSED = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
 
 
@@ -152,8 +149,6 @@ class GuardedHttp(HttpToolsProtocol):
                 self._refuse(_Refuse(408, b"Request Timeout", "the request headers did not arrive in time"))
 
     def _refuse(self, refusal: _Refuse) -> None:
-        import orjson
-
         body = orjson.dumps({"detail": refusal.detail})
         self.transport.write(_REFUSED % (refusal.status, refusal.reason, len(body), body))
         self.transport.close()
@@ -296,14 +291,3 @@ def tune_malloc() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 128 * 1024)
     mallopt(m_trim_threshold, 1024 * 1024)
-
-
-def trim_memory() -> None:
-    """Hand free heap pages back to the system (cheap; called after big frees)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

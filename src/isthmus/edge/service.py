@@ -65,11 +65,6 @@ class EdgeService:
         for plugin in host.active():
             plugin._notify_sink = self.notify
 
-    @property
-    def link(self) -> Peer | None:
-        """The current connection's peer (kept under its old name for callers)."""
-        return self.peer
-
     def _handlers(self, peer: Peer) -> dict[str, Handler]:
         return {
             P.WELCOME: self._on_welcome,
@@ -148,10 +143,7 @@ class EdgeService:
     async def _session(self, ws: ClientConnection) -> None:
         peer = Peer(ws.send, name="bridge")
         peer.handlers.update(self._handlers(peer))
-        failed: list[BaseException] = []
-
         def on_failure(exc: BaseException) -> None:
-            failed.append(exc)
             self._closing = asyncio.ensure_future(ws.close(code=1011, reason="edge could not handle a frame"))
 
         peer.on_failure = on_failure

@@ -8,6 +8,7 @@ checks what edges announce, and the Explorer checks again before each request.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -157,17 +158,25 @@ def endpoint_problem(endpoint: Any) -> str | None:
     return None
 
 
+def _objects(ui: dict[str, Any], key: str, found: list[tuple[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, item) of the list ``ui[key]``; a non-list or a non-object item is noted in ``found``."""
+    items = ui.get(key)
+    if items is None:
+        return
+    if not isinstance(items, list):
+        found.append((key, ValueError("is not a list")))
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield i, item
+        else:
+            found.append((f"{key}[{i}]", ValueError("is not an object")))
+
+
 def _walk_endpoints(ui: dict[str, Any]) -> list[tuple[str, Any]]:
     """(where, endpoint) for every endpoint the Explorer would request; where is readable."""
     found: list[tuple[str, Any]] = []
-    forms = ui.get("forms")
-    if forms is not None and not isinstance(forms, list):
-        found.append(("forms", ValueError("is not a list")))
-        forms = []
-    for i, form in enumerate(forms or []):
-        if not isinstance(form, dict):
-            found.append((f"forms[{i}]", ValueError("is not an object")))
-            continue
+    for i, form in _objects(ui, "forms", found):
         label = f"form {form.get('id')!r}" if isinstance(form.get("id"), str) else f"forms[{i}]"
         submit = form.get("submit")
         if submit is not None and not isinstance(submit, dict):
@@ -188,14 +197,7 @@ def _walk_endpoints(ui: dict[str, Any]) -> list[tuple[str, Any]]:
             if isinstance(field, dict) and field.get("options_endpoint") is not None:
                 name = field.get("name") if isinstance(field.get("name"), str) else f"fields[{j}]"
                 found.append((f"{label} field {name!r} options_endpoint", field["options_endpoint"]))
-    monitors = ui.get("monitors")
-    if monitors is not None and not isinstance(monitors, list):
-        found.append(("monitors", ValueError("is not a list")))
-        monitors = []
-    for i, monitor in enumerate(monitors or []):
-        if not isinstance(monitor, dict):
-            found.append((f"monitors[{i}]", ValueError("is not an object")))
-            continue
+    for i, monitor in _objects(ui, "monitors", found):
         if monitor.get("endpoint") is not None:
             label = f"monitor {monitor.get('id')!r}" if isinstance(monitor.get("id"), str) else f"monitors[{i}]"
             found.append((f"{label} endpoint", monitor["endpoint"]))

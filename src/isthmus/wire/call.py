@@ -119,10 +119,6 @@ class ServerCall:
         self._headers: list[P.Header] = []
         peer.calls[self.id] = self
 
-    @property
-    def deadline(self) -> float:
-        return float(self.frame.get("dl") or 60.0)
-
     async def read(self) -> tuple[bytes, bool]:
         """(the next piece of the request body, more to come); waits for a cancel at the end."""
         if self.inbound is not None and not self.inbound.done:
