@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: a real Slurm (with accounting), munge, MariaDB,
-# Debian's chromium for the Explorer tests, wrk for the proxy benchmark, openssl for TLS tests.
+# Debian's chromium for the Explorer tests, wrk for the proxy benchmark, openssl for TLS tests,
+# redis-server for several bridges sharing state.
 # Installs only what is missing; does nothing (but say so) when not root.
 set -euo pipefail
-packages=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server chromium wrk openssl)
+packages=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server chromium wrk openssl redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
