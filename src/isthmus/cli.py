@@ -269,7 +269,7 @@ def _ws_url(url: str, allow_insecure_http: bool) -> str:
     return parts._replace(scheme=scheme).geturl()
 
 
-def build_edge(app_config: AppConfig, name: str, bridge_url: str, token: str | None,
+def build_edge(app_config: AppConfig, name: str, bridge_url: str | list[str], token: str | None,
                plugins: list[str] | None, *, ca_file: str | None = None,
                overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Any]:
     from . import schedulers
@@ -316,7 +316,10 @@ async def _watch_config(host: Any, paths: list[Path]) -> None:
 
 @app.command()
 def edge(
-    bridge: Annotated[str, typer.Option("--bridge", help="Bridge URL, e.g. ws://127.0.0.1:8000 or wss://bridge:443.")],
+    bridge: Annotated[list[str], typer.Option("--bridge", metavar="URL", help="Bridge URL, e.g. ws://127.0.0.1:8000 or "
+                                              "wss://bridge:443. Several bridges (sharing edges through "
+                                              "Redis): repeat the flag or separate with commas; the edge "
+                                              "moves to the next when one is gone.")],
     name: Annotated[str, typer.Option(help="This edge's name (letters, digits, . _ -).")],
     plugins: Annotated[str | None, typer.Option(help="Plugins to load, by name or pkg.module:Class, "
                                                  "comma-separated (default: enabled installed ones).")] = None,
@@ -335,14 +338,17 @@ def edge(
     environment once read, so jobs and tasks never inherit them.
     """
     _setup_logging(log_level)
-    url = _ws_url(bridge, allow_insecure_http)
+    urls = [_ws_url(u.strip(), allow_insecure_http) for value in bridge for u in value.split(",") if u.strip()]
+    if not urls:
+        typer.echo("error: --bridge needs a URL", err=True)
+        raise typer.Exit(2)
     app_config = _config(config)
     token = take_secret("ISTHMUS_EDGE_TOKEN", token_file)
     protect_process()
     if not token:
         log.warning("no enrolment token (--token-file, ISTHMUS_EDGE_TOKEN_FILE or ISTHMUS_EDGE_TOKEN); "
                     "the bridge will refuse this edge")
-    host, service = build_edge(app_config, name, url, token, _plugins(plugins), ca_file=ca_file)
+    host, service = build_edge(app_config, name, urls, token, _plugins(plugins), ca_file=ca_file)
     watch = [app_config.path, app_config.config_dir / "plugins"] if app_config.path else []
     _run_fast(_edge_main(host, service, [p for p in watch if p]))
 

@@ -83,6 +83,11 @@ class BridgeConfig(BaseModel):
     body_timeout: float = Field(default=30.0, gt=0)
     idle_timeout: int = Field(default=30, gt=0)
     preauth_per_address: int = Field(default=256, ge=0)  # 0: no cap
+    # Several bridges: share edges, tokens and events through Redis (--redis wins); None: alone.
+    redis: str | None = Field(default=None, pattern=r"^rediss?://")
+    # How the other bridges reach this one (relayed requests); default http(s)://host:port.
+    advertise_url: str | None = Field(default=None, pattern=r"^https?://")
+    bridge_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # default: host:port:random
 
 
 class EdgeConfig(BaseModel):

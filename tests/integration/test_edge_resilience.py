@@ -52,14 +52,16 @@ async def test_bad_frame_from_bridge_edge_reconnects_and_keeps_plugins() -> None
     async def bridge(ws: ServerConnection) -> None:
         hello = P.unpack(await ws.recv())[0]
         assert hello["t"] == P.HELLO and len(hello["plugins"]) == 1
+        assert hello["watch"] is True  # its plugin overrides on_topology_change
         connections.append(hello.get("resume") or "first")
         if len(connections) == 1:
-            await ws.send(P.pack([{"t": P.WELCOME, "edges": {}, "max_body": 1 << 20, "key": "k1"}]))
+            await ws.send(P.pack([{"t": P.WELCOME, "version": 0, "max_body": 1 << 20, "key": "k1"}]))
             await ws.send(b"\xc1 this is not msgpack")  # a bad frame
             await ws.wait_closed()
             return
-        await ws.send(P.pack([{"t": P.WELCOME, "edges": {"x": {}}, "max_body": 1 << 20, "key": "k2"},
-                              {"t": P.TOPOLOGY, "edges": {"x": {}, "y": {}}}]))
+        await ws.send(P.pack([{"t": P.WELCOME, "version": 1, "max_body": 1 << 20, "key": "k2"},
+                              {"t": P.TOPOLOGY, "v": 1, "full": True, "joined": {"x": {}}, "left": {}},
+                              {"t": P.TOPOLOGY, "v": 2, "full": False, "joined": {"y": {}}, "left": {}}]))
         t0 = time.monotonic()
         answer = await _ask(ws, 1, next(iter(hello["plugins"])))  # while on_topology_change sleeps 3 s
         await served.put((time.monotonic() - t0, answer))
@@ -82,3 +84,4 @@ async def test_bad_frame_from_bridge_edge_reconnects_and_keeps_plugins() -> None
     assert answer["st"] == 200 and orjson.loads(answer["b"]) == {"hello": "world"}
     assert elapsed < 1.5  # the slow on_topology_change did not hold up the request
     assert host.failed_plugin(pid) is None and host.records[pid].plugin is not None
+    assert sorted(host.topology) == ["x", "y"]  # the snapshot and the delta after it

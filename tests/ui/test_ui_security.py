@@ -155,7 +155,7 @@ def test_explorer_refuses_ui_config_endpoints_outside_the_plugin(page, stacks: S
         plugin.pop("error", None)
         route.fulfill(status=200, content_type="application/json", body=json.dumps(data))
 
-    page.route("**/edge/list", hostile_edge_list)
+    page.route("**/edge/list*", hostile_edge_list)  # with or without its paging query
     page.route("**/events", lambda route: route.abort())  # no topology event replaces the pinned list
     hits_before = _victim_hits(stacks)
     seen = _requests(page)

@@ -27,6 +27,8 @@ OLD_BRIDGE_SETTINGS: dict[str, Any] = {
     "event_ring": 10_000, "event_ring_bytes": 32 * 1024 * 1024, "max_event": 1024 * 1024,
     "event_queue": 8 * 1024 * 1024, "max_header_bytes": 64 * 1024, "header_timeout": 10.0,
     "body_timeout": 30.0, "idle_timeout": 30, "preauth_per_address": 256,
+    # several bridges (#12): all off by default
+    "redis": None, "advertise_url": None, "bridge_id": None,
 }
 
 
@@ -72,7 +74,7 @@ def test_bridge_section_from_the_file_is_typed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("data", "key", "known"), [
-    ({"bridge": {"request_timeout": 5, "foo": 1}}, "bridge.foo", "body_timeout, event_queue"),
+    ({"bridge": {"request_timeout": 5, "foo": 1}}, "bridge.foo", "advertise_url, body_timeout, bridge_id"),
     ({"edge": {"watch": True}}, "edge.watch", "watch_config"),
     ({"bridgee": {}}, "bridgee", "bridge, edge, plugins, scheduler, state_dir, tokens_file"),
     ({"path": "/elsewhere"}, "path", "bridge, edge"),

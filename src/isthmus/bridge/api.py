@@ -8,9 +8,9 @@ document is served, at ``/api/openapi.json``.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -19,6 +19,7 @@ from ..sdk.plugin import validation_errors
 from ..types import Principal, Role
 from .auth import COOKIE_NAME, TokenStore, same_origin
 from .edges import EdgeRegistry
+from .topology import PAGE_DEFAULT, PAGE_MAX
 
 
 class Bridge(Protocol):
@@ -69,10 +70,22 @@ def build_api(bridge: Bridge) -> FastAPI:
 
     @api.get("/edge/list", operation_id="edge_list")
     @api.post("/edge/list", operation_id="edge_list_post")  # one id per method: OpenAPI needs them unique
-    async def edge_list(request: Request) -> dict[str, Any]:
-        """Every connected edge (and ``bridge`` for bridge-hosted plugins) with its plugins."""
+    async def edge_list(request: Request,
+                        limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+                        after: Annotated[str | None, Query(max_length=64)] = None,
+                        plugin: Annotated[str | None, Query(max_length=128)] = None,
+                        name: Annotated[str | None, Query(max_length=128, description="a glob, e.g. hpc*")] = None,
+                        view: Annotated[Literal["full", "summary"], Query()] = "full") -> dict[str, Any]:
+        """Connected edges (and ``bridge`` for bridge-hosted plugins) in name order, a page at a time.
+
+        ``next`` is the ``after`` of the next page (null on the last); ``view=summary`` leaves
+        out the plugins' menus and UI; ``version`` is the topology's version.
+        """
         principal_of(request)
-        return {"edges": bridge.edges.topology()}
+        index = bridge.edges.topology
+        index.flush()
+        edges, next_after = index.page(limit=limit, after=after, plugin=plugin, name=name, full=view == "full")
+        return {"edges": edges, "next": next_after, "count": len(index), "version": index.version}
 
     @api.post("/edge/disconnect/{edge}")
     async def edge_disconnect(edge: str, request: Request) -> dict[str, Any]:
@@ -94,7 +107,8 @@ def build_api(bridge: Bridge) -> FastAPI:
         """All edges' menu sections merged, lower ``order`` first."""
         principal_of(request)
         sections = []
-        for edge, info in bridge.edges.topology().items():
+        edges, _ = bridge.edges.topology.page(limit=PAGE_MAX)
+        for edge, info in edges.items():
             for plugin, manifest in (info.get("plugins") or {}).items():
                 for section in manifest.get("menu") or []:
                     sections.append({**section, "edge": edge, "plugin": plugin})

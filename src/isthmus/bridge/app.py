@@ -62,8 +62,9 @@ class Bridge:
         if plugins:
             self.local = PluginHost(self.app_config, plugins, notify=self._local_notify, name="bridge")
             self.local.load()
-            self.edges.local_topology = self.local.manifests
-            self.edges.topology_listeners.append(self.local.set_topology)
+            self.edges.topology.local = self.local.manifests
+            self.edges.topology.listeners.append(self.local.apply_topology)
+            self.local.view.reset(self.edges.topology.summaries())  # then fed the registry's deltas
             self.local_edge = self._local_link(self.local)
         self.api = build_api(self)
         self.explorer: Any = None

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..errors import ProtocolError
+from ..sdk.topology import plugin_summary
 from ..types import Principal
 from ..wire import protocol as P
 from ..wire.call import Call, CallAborted
@@ -30,6 +31,7 @@ from ..wire.peer import Peer
 from .auth import TokenStore, digest
 from .events import EventBus
 from .server import guard_of
+from .topology import TopologyIndex
 
 log = logging.getLogger("isthmus.bridge.edges")
 
@@ -40,6 +42,7 @@ PROBE_TIMEOUT = 5.0  # how long a connected edge has to answer before a newcomer
 RESERVED_NAMES = frozenset({"edge", "bridge", "events", "menu", "healthz", "auth", "static", "ui",
                             "api", "metrics", "plugins", "explorer", "favicon.ico", "_edge"})
 HELLO_TIMEOUT = 10.0
+ADMIT_CONCURRENCY = 16  # hellos checked at once; the rest wait their turn (not refused, not timed out)
 PING_INTERVAL = 15.0
 SILENCE_LIMIT = 45.0
 
@@ -55,6 +58,7 @@ class EdgeLink:
         self.info = info
         self.credential = credential  # digest of the enrolment token it connected with
         self.key = secrets.token_urlsafe(24)  # shown only to this connection, in welcome
+        self.conn = secrets.token_hex(8)  # names this connection in topology deltas
         self.connected_at = time.time()
         self.requests = 0
         self.close_reason: str | None = None
@@ -62,9 +66,16 @@ class EdgeLink:
         self.replaced: dict[str, Any] | None = None  # how this connection displaced a previous one
         self.dropped_events = 0
 
+    def summary(self) -> dict[str, Any]:
+        return {"plugins": plugin_summary(self.plugins), "host": self.info.get("host"),
+                "connected_at": self.connected_at, "conn": self.conn}
+
     def describe(self) -> dict[str, Any]:
-        return {"plugins": self.plugins, "connected_at": self.connected_at,
+        return {"plugins": self.plugins, "connected_at": self.connected_at, "conn": self.conn,
                 "host": self.info.get("host"), "requests": self.requests, "replaced": self.replaced}
+
+    def send_topology(self, frame: P.Frame) -> None:
+        self.peer.send(frame)
 
     def call(self, rid: int, deadline: float) -> Call:
         """A new call to this edge; the proxy owns it until ``finish``."""
@@ -86,8 +97,9 @@ class EdgeRegistry:
         self.max_event = max_event
         self.edges: dict[str, EdgeLink] = {}
         self.ids = itertools.count(1)
-        self.topology_listeners: list[Callable[[dict[str, Any]], Any]] = []
-        self.local_topology: Callable[[], dict[str, Any]] = dict  # bridge-hosted plugins
+        self.topology = TopologyIndex(bus.topology)
+        self.admission = asyncio.Semaphore(ADMIT_CONCURRENCY)
+        self.admitting = 0  # connections waiting for (or in) admission: a storm in progress
         self._background: set[asyncio.Future[Any]] = set()
 
     def _spawn(self, coro: Any) -> None:
@@ -98,22 +110,13 @@ class EdgeRegistry:
     def get(self, name: str) -> EdgeLink | None:
         return self.edges.get(name)
 
-    def topology(self) -> dict[str, Any]:
-        edges = {name: e.describe() for name, e in sorted(self.edges.items())}
-        local = self.local_topology()
-        if local:
-            edges = {"bridge": {"plugins": local, "connected_at": None, "host": None}, **edges}
-        return edges
-
-    def _announce(self) -> None:
-        topo = self.topology()
-        self.bus.topology(topo)
-        for edge in self.edges.values():
-            edge.peer.send({"t": P.TOPOLOGY, "edges": topo})
-        for listener in self.topology_listeners:
-            result = listener(topo)
-            if asyncio.iscoroutine(result):
-                self._spawn(result)
+    def _drop(self, edge: EdgeLink) -> None:
+        if self.edges.get(edge.name) is edge:
+            del self.edges[edge.name]
+            self.topology.remove(edge)
+            self.topology.manifests.release(edge.plugins)
+            log.info("edge %s disconnected", edge.name)
+        self.topology.watchers.discard(edge)
 
     async def drop_revoked(self) -> None:
         """Close the links of edges whose enrolment token was revoked (or no longer fits)."""
@@ -163,7 +166,12 @@ class EdgeRegistry:
         peer.on_failure = failures.append
         try:
             hello = await asyncio.wait_for(self._read_hello(receive), HELLO_TIMEOUT)
-            edge = await self._enrol(hello, peer)
+            self.admitting += 1
+            try:
+                async with self.admission:  # a storm is admitted at a steady pace, none refused
+                    edge = await self._enrol(hello, peer)
+            finally:
+                self.admitting -= 1
             if edge is None:
                 await peer.flush()
                 await close(1008, "refused")
@@ -189,10 +197,8 @@ class EdgeRegistry:
             if edge is not None:
                 edge.fail_all(f"edge {edge.name} disconnected")
             await peer.close()
-            if edge is not None and self.edges.get(edge.name) is edge:
-                del self.edges[edge.name]
-                log.info("edge %s disconnected", edge.name)
-                self._announce()
+            if edge is not None:
+                self._drop(edge)
             await close()
 
     async def _read_hello(self, receive: Any) -> dict[str, Any]:
@@ -245,8 +251,11 @@ class EdgeRegistry:
                                "that name is refused (stop the other one, or disconnect it as an admin)")
             return None
         peer.name = name
-        edge = EdgeLink(name, peer, plugins, info, credential=digest(token))
+        edge = EdgeLink(name, peer, self.topology.manifests.intern(plugins), info, credential=digest(token))
         old = self.edges.get(name)
+        if old is not None:
+            self.topology.manifests.release(old.plugins)
+            self.topology.watchers.discard(old)
         self.edges[name] = edge
         if old is not None:
             edge.replaced = {"at": time.time(), "how": replaced, "previous_host": old.info.get("host"),
@@ -256,9 +265,12 @@ class EdgeRegistry:
             old.fail_all(f"edge {name} reconnected")
             if old.closer is not None:
                 self._spawn(old.closer(4000, "replaced by a new connection"))
-        peer.send({"t": P.WELCOME, "edges": self.topology(), "max_body": self.max_body, "key": edge.key})
+        peer.send({"t": P.WELCOME, "version": self.topology.version, "max_body": self.max_body,
+                   "key": edge.key})
+        self.topology.add(edge)
+        if hello.get("watch") is True:
+            self.topology.watch(edge, True)
         log.info("edge %s connected with plugins %s", name, ", ".join(plugins))
-        self._announce()
         return edge
 
     async def _may_replace(self, name: str, resume: Any, info: dict[str, Any]) -> str | bool | None:
@@ -293,6 +305,7 @@ class EdgeRegistry:
             **self.call_handlers(edge),
             P.NOTIFY: lambda f: self._on_notify(edge, f),
             P.MANIFEST: lambda f: self._on_manifest(edge, f),
+            P.WATCH: lambda f: self.topology.watch(edge, f.get("on") is True),
         }
 
     async def _read_loop(self, edge: EdgeLink, receive: Any, failures: list[BaseException]) -> None:
@@ -351,8 +364,9 @@ class EdgeRegistry:
         problems = manifest_problems(plugins)
         if problems:
             raise ValueError("the plugin manifest is refused: " + "; ".join(problems[:5]))
-        edge.plugins = plugins
-        self._announce()
+        self.topology.manifests.release(edge.plugins)
+        edge.plugins = self.topology.manifests.intern(plugins)
+        self.topology.changed(edge)
 
 
 def manifest_problems(plugins: dict[str, Any]) -> list[str]:

@@ -144,8 +144,9 @@ class EventBus:
         body = b'{"topic":"notification","data":' + head[:-1] + b',"data":' + data_json + b"}}"
         self._emit(body, edge, plugin, topic, owner)
 
-    def topology(self, edges: dict[str, Any]) -> None:
-        body = orjson.dumps({"topic": "topology", "data": {"edges": edges}})
+    def topology(self, delta: dict[str, Any]) -> None:
+        """Publish a topology delta: ``{"v", "joined": {name: summary}, "left": [names]}``."""
+        body = orjson.dumps({"topic": "topology", "data": delta})
         self._emit(body, None, None, "topology", None)
 
     @property

@@ -40,10 +40,14 @@ MAX_BACKOFF = 30.0
 class EdgeService:
     """One edge process's connection to its bridge."""
 
-    def __init__(self, host: PluginHost, bridge_url: str, name: str, token: str | None, *,
+    def __init__(self, host: PluginHost, bridge_url: str | list[str], name: str, token: str | None, *,
                  ca_file: str | None = None, insecure_tls: bool = False) -> None:
         self.host = host
-        self.bridge_url = bridge_url.rstrip("/")
+        urls = [bridge_url] if isinstance(bridge_url, str) else list(bridge_url)
+        if not urls:
+            raise ValueError("an edge needs at least one bridge URL")
+        self.bridge_urls = [u.rstrip("/") for u in urls]
+        self._url_index = 0
         self.name = name
         self.token = token
         self.ca_file = ca_file
@@ -58,8 +62,8 @@ class EdgeService:
         self._loop_thread: int | None = None
         self._ws: ClientConnection | None = None
         self._closing: asyncio.Future[None] | None = None
-        self._topology_task: asyncio.Task[None] | None = None
-        self._pending_topology: dict[str, Any] | None = None
+        self.watching = host.wants_topology()
+        host.topology_requester = self._request_topology
         host.notify_sink = self.notify
         host.on_manifest_change = self._send_manifest
         for plugin in host.active():
@@ -98,6 +102,15 @@ class EdgeService:
 
     # -- connection loop ------------------------------------------------------------------
 
+    @property
+    def bridge_url(self) -> str:
+        """The bridge this edge talks to now (or will try next)."""
+        return self.bridge_urls[self._url_index]
+
+    def _next_bridge(self) -> None:
+        """After a failed attempt or a lost link, try the next bridge (several share the edges)."""
+        self._url_index = (self._url_index + 1) % len(self.bridge_urls)
+
     def _ssl(self) -> ssl.SSLContext | None:
         if not self.bridge_url.startswith("wss://"):
             return None
@@ -108,13 +121,18 @@ class EdgeService:
         return ctx
 
     async def run(self) -> None:
-        """Connect, serve, reconnect — until ``stop()``."""
+        """Connect, serve, reconnect — until ``stop()``.
+
+        Each failed attempt or lost link moves on to the next bridge URL. The wait between
+        attempts is drawn at random below a cap that doubles per failure (to 30 s), so a fleet
+        that lost its bridge at once does not come back in step.
+        """
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         backoff = 0.5
-        url = f"{self.bridge_url}/_edge/connect"
         while not self._stop.is_set():
             started = time.monotonic()
+            url = f"{self.bridge_url}/_edge/connect"
             try:
                 async with websockets.connect(url, max_size=P.MAX_MESSAGE, ssl=self._ssl(),
                                               ping_interval=None, open_timeout=10,
@@ -130,15 +148,17 @@ class EdgeService:
                 break
             if time.monotonic() - started > 30:
                 backoff = 0.5  # it was a healthy connection; reconnect quickly
-            delay = backoff * (0.75 + random.random() / 2)
+            delay = max(0.05, backoff * random.random())
             if self.last_refusal:
                 delay = max(delay, 5.0)
+            self._next_bridge()
             log.info("reconnecting to %s in %.1fs", self.bridge_url, delay)
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            if len(self.bridge_urls) == 1 or self._url_index == 0:
+                backoff = min(backoff * 2, MAX_BACKOFF)  # every bridge was tried once more
 
     async def _session(self, ws: ClientConnection) -> None:
         peer = Peer(ws.send, name="bridge")
@@ -154,6 +174,8 @@ class EdgeService:
                           "plugins": self.host.manifests(), "host": socket.gethostname(), "pid": os.getpid()}
         if self.key:
             hello["resume"] = self.key
+        if self.watching:
+            hello["watch"] = True
         peer.send(hello)
 
         async def silent() -> None:
@@ -174,6 +196,7 @@ class EdgeService:
         finally:
             pinger.cancel()
             self.connected.clear()
+            self.host.topology_lost()
             self.peer = None
             self._ws = None
             await peer.close()
@@ -186,28 +209,21 @@ class EdgeService:
         self.key = key if isinstance(key, str) else None
         self.connected.set()
         log.info("connected to bridge %s as %s", self.bridge_url, self.name)
-        self._topology(frame.get("edges") or {})
 
     def _on_refuse(self, frame: P.Frame) -> None:
         self.last_refusal = str(frame.get("reason"))
         log.error("bridge refused this edge: %s", self.last_refusal)
 
     def _on_topology(self, frame: P.Frame) -> None:
-        self._topology(frame.get("edges") or {})
+        if not isinstance(frame.get("joined"), dict) or not isinstance(frame.get("left"), dict | list):
+            raise TypeError("a topology frame carries joined and left maps")
+        self.host.apply_topology(frame)
 
-    def _topology(self, edges: Any) -> None:
-        """Hand the topology to plugins beside the reader, one at a time; a slow plugin
-        makes intermediate topologies be skipped, never the frames behind them wait."""
-        if not isinstance(edges, dict):
-            raise TypeError("topology must be a map of edges")
-        self._pending_topology = edges
-        if self._topology_task is None or self._topology_task.done():
-            self._topology_task = asyncio.ensure_future(self._apply_topology())
-
-    async def _apply_topology(self) -> None:
-        while self._pending_topology is not None:
-            edges, self._pending_topology = self._pending_topology, None
-            await self.host.set_topology(edges)
+    async def _request_topology(self) -> None:
+        """A plugin asked for the topology (``get_topology``): watch it from now on."""
+        self.watching = True
+        if self.peer is not None and self.connected.is_set():
+            self.peer.send({"t": P.WATCH, "on": True})
 
     def _on_shutdown(self, frame: P.Frame) -> None:
         log.warning("bridge asked this edge to stop: %s", frame.get("reason"))

@@ -22,6 +22,7 @@ from ..config import AppConfig, ConfigSources, load_plugin_config, plugin_enable
 from ..errors import ConfigError
 from ..sdk.plugin import NotifySink, Plugin, PluginContext, construct, install_error_handlers, load_class, registry
 from ..sdk.registry import entry_points, is_import_spec
+from ..sdk.topology import TopologyView
 
 log = logging.getLogger("isthmus.host")
 
@@ -92,7 +93,11 @@ class PluginHost:
         # one mapping, isthmus.sdk.plugin.error_response
         install_error_handlers(self.app)
         self.records: dict[str, PluginRecord] = {}
-        self.topology: dict[str, Any] = {}
+        self.view = TopologyView()  # edges' summaries, kept from the bridge's deltas (when watched)
+        self.topology_requester: Any = None  # async callable() set by the edge service: start watching
+        self._topology_ready = asyncio.Event()
+        self._topology_pending: dict[str, Any] | None = None
+        self._topology_task: asyncio.Future[None] | None = None
         self._requested = requested
         self._reload_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -236,13 +241,56 @@ class PluginHost:
             out[pid] = info
         return out
 
-    async def set_topology(self, edges: dict[str, Any]) -> None:
-        self.topology = edges
-        for plugin in self.active():
+    # -- topology ---------------------------------------------------------------------------
+
+    @property
+    def topology(self) -> dict[str, Any]:
+        """``{edge: summary}`` as last announced (empty unless watched; see ``wants_topology``)."""
+        return self.view.edges
+
+    def wants_topology(self) -> bool:
+        """Whether any plugin overrides ``on_topology_change`` or sets ``watches_topology``.
+
+        Only such edges are sent the topology: an edge with none costs the bridge nothing
+        when others come and go.
+        """
+        return any(getattr(p, "watches_topology", False)
+                   or type(p).on_topology_change is not Plugin.on_topology_change for p in self.active())
+
+    async def ensure_topology(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The topology, asking the bridge for it first if this host does not watch it yet."""
+        if not self.view.complete and self.topology_requester is not None:
+            await self.topology_requester()
             try:
-                await plugin.on_topology_change(edges)
-            except Exception:
-                log.exception("on_topology_change of %s failed", plugin.instance_name)
+                await asyncio.wait_for(self._topology_ready.wait(), timeout)
+            except TimeoutError:
+                log.warning("the bridge did not send the topology within %g s", timeout)
+        return self.view.edges
+
+    def apply_topology(self, delta: dict[str, Any]) -> None:
+        """Apply a snapshot or delta; plugins' ``on_topology_change`` run beside the caller,
+        one at a time, with the latest view (a slow plugin skips views, never blocks frames)."""
+        if not self.view.apply(delta):
+            return
+        if self.view.complete:
+            self._topology_ready.set()
+        self._topology_pending = self.view.edges
+        if self._topology_task is None or self._topology_task.done():
+            self._topology_task = asyncio.ensure_future(self._run_topology_hooks())
+
+    def topology_lost(self) -> None:
+        """The link that fed the view closed: the next snapshot replaces it."""
+        self.view.complete = False
+        self._topology_ready.clear()
+
+    async def _run_topology_hooks(self) -> None:
+        while self._topology_pending is not None:
+            edges, self._topology_pending = dict(self._topology_pending), None
+            for plugin in self.active():
+                try:
+                    await plugin.on_topology_change(edges)
+                except Exception:
+                    log.exception("on_topology_change of %s failed", plugin.instance_name)
 
     # -- configuration reload -------------------------------------------------------------
 

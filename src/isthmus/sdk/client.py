@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import ssl
 import threading
@@ -15,9 +16,11 @@ from ..errors import ClientError
 from .events_client import EventStream
 from .http import HTTPClient, raise_for
 from .registry import entry_points
+from .topology import TopologyView
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 NotificationCallback = Callable[[str, str, str, Any], None]
+log = logging.getLogger("isthmus.client")
 TopologyCallback = Callable[[dict[str, Any]], None]
 C = TypeVar("C", bound="PluginClient")
 
@@ -176,15 +179,30 @@ class BridgeClient:
         self._lock = threading.Lock()
         self._callbacks: dict[int, tuple[str | None, str | None, str | None, NotificationCallback]] = {}
         self._topology_callbacks: dict[int, TopologyCallback] = {}
+        self._topology = TopologyView()
         self._next_id = 0
         self._events: EventStream | None = None
 
     # -- REST -------------------------------------------------------------------------------
 
-    def list_edges(self) -> dict[str, Any]:
-        resp = self._http.get("/edge/list")
-        raise_for(resp, "list_edges")
-        return cast(dict[str, Any], resp.json()["edges"])
+    def list_edges(self, *, plugin: str | None = None, name: str | None = None,
+                   view: str = "full") -> dict[str, Any]:
+        """Every connected edge (following ``/edge/list``'s pages), optionally filtered by a
+        plugin it runs or a name glob; ``view="summary"`` leaves out menus and UI."""
+        edges: dict[str, Any] = {}
+        params: dict[str, Any] = {"limit": 1000, "view": view}
+        if plugin:
+            params["plugin"] = plugin
+        if name:
+            params["name"] = name
+        while True:
+            resp = self._http.get("/edge/list", params=params)
+            raise_for(resp, "list_edges")
+            page = resp.json()
+            edges.update(page["edges"])
+            if not page.get("next"):
+                return edges
+            params["after"] = page["next"]
 
     def get_edge_client(self, name: str) -> EdgeClient:
         return EdgeClient(self, name)
@@ -213,13 +231,20 @@ class BridgeClient:
         return handle
 
     def register_topology_callback(self, callback: TopologyCallback) -> int:
-        """Call ``callback(edges)`` whenever edges connect or disconnect."""
+        """Call ``callback(edges)`` whenever edges connect, leave or change plugins.
+
+        ``edges`` maps every edge to its summary; the client keeps it from the event
+        stream's deltas (and re-reads ``/edge/list`` after a gap).
+        """
         with self._lock:
             self._next_id += 1
             self._topology_callbacks[self._next_id] = callback
             handle = self._next_id
         self._ensure_events()
         return handle
+
+    def _reload_topology(self) -> None:
+        self._topology.reset(self.list_edges(view="summary"))
 
     def unregister_callback(self, handle: int) -> None:
         with self._lock:
@@ -251,9 +276,18 @@ class BridgeClient:
             for e, p, t, cb in callbacks:
                 if (e is None or e == edge) and (p is None or p == plugin) and (t is None or t == ntopic):
                     cb(edge, plugin, ntopic, data.get("data"))
-        elif topic == "topology":
+        elif topic in ("topology", "gap", "connected") and topo:
+            if topic == "topology" and self._topology.complete:
+                self._topology.apply(data)
+            else:  # the first time, after missed events, or after a reconnect: read it whole
+                try:
+                    self._reload_topology()
+                except Exception:  # the next event retries
+                    log.warning("could not read /edge/list to refresh the topology", exc_info=True)
+                    return
+            edges = dict(self._topology.edges)
             for topology_cb in topo:
-                topology_cb(data.get("edges", {}))
+                topology_cb(edges)
 
     def close(self) -> None:
         if self._events is not None:

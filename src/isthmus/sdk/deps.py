@@ -18,7 +18,11 @@ def get_app_config(request: Request) -> AppConfig:
     return host.app_config if host is not None else AppConfig()
 
 
-def get_topology(request: Request) -> dict[str, Any]:
-    """The bridge's view of edges and their plugins, as last announced to this process."""
+async def get_topology(request: Request) -> dict[str, Any]:
+    """The bridge's view of edges and their plugins' summaries; the first use on an edge that
+    does not watch the topology asks the bridge for it (and keeps it up to date after)."""
     host = getattr(request.app.state, "isthmus_host", None)
-    return host.topology if host is not None else {}
+    if host is None:
+        return {}
+    edges: dict[str, Any] = await host.ensure_topology()
+    return edges

@@ -92,6 +92,10 @@ class EventStream(threading.Thread):
                     resp.read()
                     raise_for(resp, "event stream")
                 self.connected.set()
+                try:
+                    self._on_event({"topic": "connected", "data": {}})  # listeners re-read what they keep
+                except Exception:
+                    log.exception("event callback failed")
                 for event_id, _event, data in parse_sse(resp.iter_lines()):
                     if event_id:
                         self.last_id = event_id

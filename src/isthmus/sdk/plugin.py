@@ -350,8 +350,16 @@ class Plugin:
     async def on_config_reload(self, config: Any) -> None:
         """Called after ``self.config`` was swapped for a new, fully validated one."""
 
+    # Set True to have ``self.host.topology`` kept without overriding ``on_topology_change``.
+    watches_topology: bool = False
+
     async def on_topology_change(self, edges: dict[str, Any]) -> None:
-        """Called when edges connect or disconnect (seed 000, 3.4.4)."""
+        """Called when edges connect, disconnect or change plugins (seed 000, 3.4.4).
+
+        ``edges`` maps each edge to its summary (``plugins``: id → title and version;
+        ``host``; ``connected_at``). Only edges with a plugin that overrides this (or sets
+        ``watches_topology``) are sent the topology.
+        """
 
     # -- sessions -------------------------------------------------------------------------
 

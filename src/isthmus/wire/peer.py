@@ -262,10 +262,19 @@ class Peer:
 
     async def heartbeat(self, interval: float, silence: float,
                         on_silent: Callable[[], Awaitable[None]]) -> None:
-        """Ping every ``interval``; call ``on_silent`` once nothing came for ``silence`` s."""
+        """Ping every ``interval``; call ``on_silent`` once nothing came for ``silence`` s.
+
+        A round in which this process itself woke late (its loop busy, e.g. admitting a
+        reconnect storm) gives no verdict: the peer may have spoken while no one read.
+        """
         while not self.closed:
+            slept = time.monotonic()
             await asyncio.sleep(interval)
-            if time.monotonic() - self.last_seen > silence:
+            now = time.monotonic()
+            if now - slept - interval > 1.0:
+                self.send({"t": P.PING, "ts": time.time()})
+                continue
+            if now - self.last_seen > silence:
                 log.warning("%s silent for %.0fs; closing the link", self.name, silence)
                 await on_silent()
                 return

@@ -14,7 +14,7 @@ import msgpack
 
 from ..errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: topology as deltas to watching edges (#12)
 
 HELLO = "hello"
 WELCOME = "welcome"
@@ -27,6 +27,7 @@ CANCEL = "cancel"
 NOTIFY = "notify"
 MANIFEST = "manifest"
 TOPOLOGY = "topology"
+WATCH = "watch"
 PING = "ping"
 PONG = "pong"
 SHUTDOWN = "shutdown"
@@ -47,13 +48,14 @@ class Hello(TypedDict):
     host: str
     pid: int
     resume: NotRequired[str]  # the key of the previous connection (reconnect over a half-open link)
+    watch: NotRequired[bool]  # True: send this edge the topology (a snapshot, then deltas)
 
 
 class Welcome(TypedDict):
-    """bridge → edge: accepted."""
+    """bridge → edge: accepted (the topology follows only if the edge watches it)."""
 
     t: str
-    edges: dict[str, Any]  # topology
+    version: int  # the topology's version now
     max_body: int
     key: str  # this connection's key; shown again as ``resume`` on reconnect
 
@@ -134,10 +136,24 @@ class Manifest(TypedDict):
 
 
 class Topology(TypedDict):
-    """bridge → edge: the connected edges changed."""
+    """bridge → edge (watching ones): edges joined, left or changed their plugins.
+
+    ``full``: ``joined`` is the whole view (after ``watch``); else a delta on version ``v - 1``.
+    Edges are summaries: ``{"plugins": {id: {"title", "version"}}, "host", "connected_at"}``.
+    """
 
     t: str
-    edges: dict[str, Any]
+    v: int
+    joined: dict[str, Any]  # name -> summary (also for changed manifests)
+    left: list[str]
+    full: bool
+
+
+class Watch(TypedDict):
+    """edge → bridge: start (a full ``topology`` follows) or stop receiving the topology."""
+
+    t: str
+    on: bool
 
 
 class Ping(TypedDict):
@@ -167,6 +183,7 @@ FRAMES: dict[str, tuple[str, type]] = {
     NOTIFY: ("edge → bridge", Notify),
     MANIFEST: ("edge → bridge", Manifest),
     TOPOLOGY: ("bridge → edge", Topology),
+    WATCH: ("edge → bridge", Watch),
     PING: ("both", Ping),
     PONG: ("both", Ping),
     SHUTDOWN: ("bridge → edge", Shutdown),

@@ -240,9 +240,7 @@ function connectEvents() {
     let event;
     try { event = JSON.parse(message.data); } catch { return; }
     if (event.topic === 'topology') {
-      state.edges = event.data.edges || {};
-      renderNav();
-      loadMenu();
+      onTopology(event.data);
     } else if (event.topic === 'notification') {
       onNotification(event.data);
     }
@@ -274,9 +272,38 @@ function onNotification(n) {
 
 // -- navigation -------------------------------------------------------------------------------
 
+// A topology event is a delta: edges that left go at once; joined ones (whose full manifests
+// the delta does not carry) are read from /edge/list, at most twice a second however many join.
+let edgesReload = null;
+function onTopology(delta) {
+  for (const [name, conn] of Object.entries(delta.left || {})) {
+    const known = state.edges[name];
+    if (known && (!known.conn || known.conn === conn)) delete state.edges[name];
+  }
+  if (Object.keys(delta.joined || {}).length) {
+    edgesReload ??= setTimeout(async () => {
+      edgesReload = null;
+      await refreshEdges();
+      loadMenu();
+    }, 500);
+  } else {
+    renderNav();
+    loadMenu();
+  }
+}
+
 async function refreshEdges() {
-  const data = await requestJson('/edge/list');
-  state.edges = data.edges || {};
+  const edges = {};
+  let after = null;
+  for (let page = 0; page < 20; page++) {  // 20 pages of 1000: what a page can usefully show
+    const query = new URLSearchParams({ limit: '1000' });
+    if (after) query.set('after', after);
+    const data = await requestJson(`/edge/list?${query}`);
+    Object.assign(edges, data.edges || {});
+    after = data.next;
+    if (!after) break;
+  }
+  state.edges = edges;
   renderNav();
 }
 
