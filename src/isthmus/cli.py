@@ -43,6 +43,7 @@ LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning o
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per relayed request is noise
 
 
 def _config(path: str | None) -> AppConfig:
@@ -138,18 +139,21 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
 def make_bridge(app_config: AppConfig, *, admin_token: str | None, edge_token: str | None,
                 tokens_file: str | None, plugins: list[str] | None, tls: bool,
                 request_timeout: float | None = None, max_body: int | None = None,
-                host: str | None = None, port: int | None = None) -> Bridge:
+                host: str | None = None, port: int | None = None, redis: str | None = None,
+                advertise_url: str | None = None) -> Bridge:
     """The bridge of ``app_config``: its ``bridge:`` section (the environment's overrides
     included) with the flags that were given (not None) on top; ``tls`` only ever turns TLS on.
 
     Raises ConfigError naming the flag whose value does not fit.
     """
     from .bridge.app import Bridge, tokens_path
-    from .bridge.auth import TokenStore
+    from .bridge.redis_tokens import open_token_store
 
     settings = app_config.bridge_settings(host=host, port=port, tls=True if tls else None,
-                                          request_timeout=request_timeout, max_body=max_body)
-    tokens = TokenStore(tokens_path(app_config, tokens_file), admin_token=admin_token, edge_token=edge_token)
+                                          request_timeout=request_timeout, max_body=max_body, redis=redis,
+                                          advertise_url=advertise_url)
+    tokens = open_token_store(tokens_path(app_config, tokens_file), admin_token=admin_token, edge_token=edge_token,
+                              redis_url=settings.redis)
     return Bridge(settings, tokens, app_config, plugins)
 
 
@@ -217,6 +221,11 @@ def bridge(
     allow_insecure_http: Annotated[bool, typer.Option(help="Allow plain HTTP on a non-loopback address.")] = False,
     request_timeout: Annotated[float | None, typer.Option(help="Seconds an edge has to answer (default 60).")] = None,
     max_body: Annotated[int | None, typer.Option(help="Largest request body in bytes.")] = None,
+    redis: Annotated[str | None, typer.Option(metavar="redis://HOST:PORT/DB", envvar="ISTHMUS_REDIS",
+                                              help="Share edges, tokens and events with other bridges "
+                                                   "through this Redis (default: this bridge alone).")] = None,
+    advertise_url: Annotated[str | None, typer.Option(help="How the other bridges reach this one "
+                                                      "(with --redis; default http(s)://HOST:PORT).")] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Run the bridge: the public REST API, event stream and Explorer that edges dial into.
@@ -233,7 +242,8 @@ def bridge(
     the_bridge = _make_bridge_or_exit(app_config, admin_token=take_secret("ISTHMUS_ADMIN_TOKEN"),
                                       edge_token=take_secret("ISTHMUS_EDGE_TOKEN"), tokens_file=tokens_file,
                                       plugins=_plugins(plugins), tls=bool(tls_cert),
-                                      request_timeout=request_timeout, max_body=max_body, host=host, port=port)
+                                      request_timeout=request_timeout, max_body=max_body, host=host, port=port,
+                                      redis=redis, advertise_url=advertise_url)
     if not the_bridge.tokens.has_client_tokens:
         log.warning("no client tokens: set ISTHMUS_ADMIN_TOKEN or run 'isthmus token create --role admin'")
     if not the_bridge.tokens.has_edge_tokens:
@@ -445,6 +455,26 @@ async def _demo_main(the_bridge: Bridge, edge_host: PluginHost, service: EdgeSer
 
 # -- tokens -----------------------------------------------------------------------------------
 
+TokenRedisOpt = Annotated[str | None, typer.Option(
+    "--redis", envvar="ISTHMUS_REDIS", metavar="URL",
+    help="Work on the token store that bridges started with --redis share (redis://HOST:PORT/DB) "
+         "instead of the token file (default: bridge.redis in isthmus.yaml, if set).")]
+
+
+def _token_redis(redis_url: str | None, app_config: AppConfig) -> str | None:
+    """The shared store's URL: --redis / $ISTHMUS_REDIS, else the bridge section's ``redis``."""
+    url = redis_url or app_config.bridge.redis
+    if url and not url.startswith(("redis://", "rediss://")):
+        typer.echo("error: --redis must be a redis:// or rediss:// URL", err=True)
+        raise typer.Exit(2)
+    return url
+
+
+def _token_store_failed(url: str, exc: Exception) -> typer.Exit:
+    typer.echo(f"error: the shared token store at {url} is unreachable: {exc}", err=True)
+    return typer.Exit(1)
+
+
 @token_app.command("create")
 def token_create(
     role: Annotated[str, typer.Option(help="viewer (read only), user (use plugins), admin, or edge (enrolment).")],
@@ -455,16 +485,32 @@ def token_create(
                                                    "(default: this token alone). Give a new token "
                                                    "the principal of an old one to rotate it.")] = None,
     tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    redis: TokenRedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create a token; it is printed once and stored only as a hash."""
+    """Create a token; it is printed once and stored only as a hash (in the token file, or
+    with --redis in the store that bridges share)."""
     from .bridge.app import tokens_path
     from .bridge.auth import create_token
 
     if role not in ("viewer", "user", "admin", "edge"):
         typer.echo("error: --role must be viewer, user, admin or edge", err=True)
         raise typer.Exit(2)
-    path = tokens_path(_config(config), tokens_file)
+    app_config = _config(config)
+    url = _token_redis(redis, app_config)
+    if url:
+        from redis.exceptions import RedisError
+
+        from .bridge import redis_tokens
+
+        try:
+            token, entry = redis_tokens.create_token(url, role, name=name, edge=edge, principal=principal)
+        except (RedisError, OSError) as exc:
+            raise _token_store_failed(url, exc) from exc
+        typer.echo(f"created {entry['id']} ({role}) in the shared store at {url}", err=True)
+        typer.echo(token)
+        return
+    path = tokens_path(app_config, tokens_file)
     token, entry = create_token(path, role, name=name, edge=edge, principal=principal)
     typer.echo(f"created {entry['id']} ({role}) in {path}", err=True)
     typer.echo(token)
@@ -473,13 +519,28 @@ def token_create(
 @token_app.command("list")
 def token_list(
     tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    redis: TokenRedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """List tokens (ids, names, roles; never the tokens themselves)."""
+    """List tokens (ids, names, roles; never the tokens themselves), of the token file or,
+    with --redis, of the store that bridges share."""
     from .bridge.app import tokens_path
     from .bridge.auth import read_entries
 
-    for entry in read_entries(tokens_path(_config(config), tokens_file)):
+    app_config = _config(config)
+    url = _token_redis(redis, app_config)
+    if url:
+        from redis.exceptions import RedisError
+
+        from .bridge import redis_tokens
+
+        try:
+            entries = redis_tokens.read_entries(url)
+        except (RedisError, OSError) as exc:
+            raise _token_store_failed(url, exc) from exc
+    else:
+        entries = read_entries(tokens_path(app_config, tokens_file))
+    for entry in entries:
         state = "revoked" if entry.get("revoked") else "active"
         extra = f" edge={entry['edge']}" if entry.get("edge") else ""
         if entry.get("principal"):
@@ -491,13 +552,28 @@ def token_list(
 def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The id shown by 'isthmus token list'.")],
     tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    redis: TokenRedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Revoke a token; a running bridge notices within a second."""
+    """Revoke a token; a running bridge notices within a second (with --redis: every bridge
+    that shares the store)."""
     from .bridge.app import tokens_path
     from .bridge.auth import revoke_token
 
-    if not revoke_token(tokens_path(_config(config), tokens_file), token_id):
+    app_config = _config(config)
+    url = _token_redis(redis, app_config)
+    if url:
+        from redis.exceptions import RedisError
+
+        from .bridge import redis_tokens
+
+        try:
+            found = redis_tokens.revoke_token(url, token_id)
+        except (RedisError, OSError) as exc:
+            raise _token_store_failed(url, exc) from exc
+    else:
+        found = revoke_token(tokens_path(app_config, tokens_file), token_id)
+    if not found:
         typer.echo(f"error: no token {token_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {token_id}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ from ..wire.peer import Peer, memory_pair
 from .api import build_api
 from .auth import TokenStore, credentials, digest, same_origin
 from .bodies import CLOSE, BodyTooLarge, ClientGone, read_body, replay
+from .directory import EdgeDirectory
 from .edges import EdgeLink, EdgeRegistry
-from .events import EventBus, serve_events
+from .events import serve_events
 from .proxy import forward, respond
+from .redis_events import make_event_bus
+from .relay import Relay, relayed_by
 from .server import guard_of
 
 log = logging.getLogger("isthmus.bridge")
@@ -54,8 +58,18 @@ class Bridge:
         self.settings = settings
         self.tokens = tokens
         self.app_config = app_config or AppConfig()
-        self.bus = EventBus(settings.event_ring, settings.event_queue, ring_bytes=settings.event_ring_bytes)
+        self.bus = make_event_bus(settings.event_ring, settings.event_queue, ring_bytes=settings.event_ring_bytes,
+                                  redis_url=settings.redis)
         self.edges = EdgeRegistry(tokens, self.bus, max_body=settings.max_body, max_event=settings.max_event)
+        self.bridge_id = settings.bridge_id or f"{settings.host}-{settings.port}-{secrets.token_hex(3)}"
+        self.directory: EdgeDirectory | None = None
+        self.relay: Relay | None = None
+        if settings.redis:
+            scheme = "https" if settings.tls else "http"
+            advertise = settings.advertise_url or f"{scheme}://{settings.host}:{settings.port}"
+            self.directory = EdgeDirectory(settings.redis, self.bridge_id, advertise.rstrip("/"))
+            self.edges.attach_directory(self.directory)
+            self.relay = Relay(self.bridge_id)
         self.local: PluginHost | None = None
         self.local_edge: EdgeLink | None = None
         self._local_server: Peer | None = None
@@ -89,6 +103,8 @@ class Bridge:
 
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
+        for shared in self._shared():
+            await shared.start()
         self._revocations = asyncio.create_task(self._enforce_revocations(), name="revocations")
         if self.local_edge is not None and self._local_server is not None:
             self.local_edge.peer.start()
@@ -119,6 +135,19 @@ class Bridge:
             except Exception:
                 log.exception("checking for revoked tokens failed")
 
+    def _shared(self) -> list[Any]:
+        """What talks to Redis (several bridges): each has start/stop, healthy and problem."""
+        return [x for x in (self.tokens, self.bus, self.directory) if hasattr(x, "healthy")]
+
+    def health(self, detail: bool) -> bytes:
+        """``degraded`` while Redis is unreachable (this bridge still serves its own edges);
+        what is wrong only for an authenticated caller (it names internal addresses)."""
+        problems = [f"{type(x).__name__}: {x.problem}" for x in self._shared() if not x.healthy]
+        status: dict[str, Any] = {"status": "degraded" if problems else "ok"}
+        if detail:
+            status.update(bridge=self.bridge_id, edges=len(self.edges.edges), problems=problems)
+        return orjson.dumps(status)
+
     async def shutdown(self) -> None:
         if self._revocations is not None:
             self._revocations.cancel()
@@ -126,6 +155,13 @@ class Bridge:
             edge = self.edges.edges.get(name)
             if edge is not None and edge.closer is not None:
                 await edge.closer(1001, "bridge shutting down")
+        for shared in reversed(self._shared()):
+            try:
+                await shared.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(shared).__name__)
+        if self.relay is not None:
+            await self.relay.aclose()
         if self.local_edge is not None and self._local_server is not None:
             await self.local_edge.peer.close()
             await self._local_server.close()
@@ -194,9 +230,10 @@ class Bridge:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope["path"]
         if path == "/healthz":
+            body = _HEALTH if self.directory is None else self.health(self.authenticate(scope)[0] is not None)
             await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": _HEALTH})
+                        "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]})
+            await send({"type": "http.response.body", "body": body})
             return
         first, _, rest = path[1:].partition("/")
         if self.explorer is not None and (first in ("", "static", "favicon.ico")):
@@ -230,6 +267,17 @@ class Bridge:
         else:
             edge = self.edges.get(first)
             if edge is None:
+                remote = self.directory.holder(first) if self.directory is not None else None
+                if remote is not None and self.relay is not None:
+                    if relayed_by(scope) is not None:  # one hop at most: the directory was stale
+                        await respond(send, 503, f"edge {first!r} moved away from bridge {self.bridge_id}; retry",
+                                      [(b"retry-after", b"1")])
+                        return
+                    token = credentials(scope["headers"])[0] or ""
+                    await self.relay.relay(remote.url, scope, receive, send, token=token,
+                                           deadline=self.settings.request_timeout, max_body=self.settings.max_body,
+                                           target=remote.bridge_id)
+                    return
                 await respond(send, 404, f"no edge named {first!r} is connected; GET /edge/list shows "
                                          "the connected edges")
                 return

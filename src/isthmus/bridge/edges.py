@@ -29,6 +29,7 @@ from ..wire import protocol as P
 from ..wire.call import Call, CallAborted
 from ..wire.peer import Peer
 from .auth import TokenStore, digest
+from .directory import EdgeDirectory, Remote
 from .events import EventBus
 from .server import guard_of
 from .topology import TopologyIndex
@@ -88,6 +89,22 @@ class EdgeLink:
             call.abort(exc)
 
 
+class RemoteEdge:
+    """An edge another bridge holds (several bridges, Redis): listed here, relayed to there."""
+
+    def __init__(self, name: str, remote: Remote) -> None:
+        self.name = name
+        self.remote = remote
+        self.conn = remote.conn_id
+
+    def summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = self.remote.summary.get("summary") or {}
+        return summary
+
+    def describe(self) -> dict[str, Any]:
+        return {**(self.remote.summary.get("describe") or {}), "bridge": self.remote.bridge_id}
+
+
 class EdgeRegistry:
     def __init__(self, tokens: TokenStore, bus: EventBus, *, max_body: int,
                  max_event: int = 1024 * 1024) -> None:
@@ -100,7 +117,61 @@ class EdgeRegistry:
         self.topology = TopologyIndex(bus.topology)
         self.admission = asyncio.Semaphore(ADMIT_CONCURRENCY)
         self.admitting = 0  # connections waiting for (or in) admission: a storm in progress
+        self.directory: EdgeDirectory | None = None  # several bridges: who holds which edge
         self._background: set[asyncio.Future[Any]] = set()
+
+    # -- several bridges (Redis) -------------------------------------------------------------------
+
+    def attach_directory(self, directory: EdgeDirectory) -> None:
+        self.directory = directory
+        directory.on_lost = self._on_lost
+        directory.on_change = self._on_remote_change
+        directory.set_prober(self._probe_local)
+
+    def _claim(self, edge: EdgeLink) -> None:
+        if self.directory is not None:
+            self._spawn(self.directory.claim(edge.name, edge.conn, {"summary": edge.summary(),
+                                                                    "describe": edge.describe()},
+                                             digest(edge.key)))
+
+    def _on_lost(self, name: str, conn: str) -> None:
+        """A newer connection of this edge on another bridge won: close ours."""
+        edge = self.edges.get(name)
+        if edge is None or edge.conn != conn:
+            return
+        log.warning("edge %s: a newer connection on another bridge replaced this one", name)
+        del self.edges[name]
+        self.topology.remove(edge, publish=False)
+        edge.fail_all(f"edge {name} reconnected elsewhere")
+        if edge.closer is not None:
+            self._spawn(edge.closer(4000, "replaced by a newer connection on another bridge"))
+
+    def _on_remote_change(self, joined: dict[str, Any], left: list[str]) -> None:
+        for name in left:
+            member = self.topology.members.get(name)
+            if isinstance(member, RemoteEdge):
+                self.topology.remove(member, publish=False)
+        directory = self.directory
+        for name in joined:
+            remote = directory.holder(name) if directory is not None else None
+            if remote is not None and name not in self.edges:
+                self.topology.add(RemoteEdge(name, remote), publish=False)
+
+    async def _probe_local(self, name: str) -> bool:
+        edge = self.edges.get(name)
+        return edge is not None and await self._answers(edge)
+
+    async def _answers(self, edge: EdgeLink) -> bool:
+        """Ping ``edge``; True when it answers within PROBE_TIMEOUT."""
+        asked = time.monotonic()
+        edge.peer.send({"t": P.PING, "ts": time.time()})
+        while time.monotonic() - asked < PROBE_TIMEOUT:
+            await asyncio.sleep(0.05)
+            if self.edges.get(edge.name) is not edge:
+                return False
+            if edge.peer.last_seen > asked:
+                return True
+        return False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -114,9 +185,11 @@ class EdgeRegistry:
         if self.edges.get(edge.name) is edge:
             del self.edges[edge.name]
             self.topology.remove(edge)
-            self.topology.manifests.release(edge.plugins)
             log.info("edge %s disconnected", edge.name)
+        self.topology.manifests.release(edge.plugins)
         self.topology.watchers.discard(edge)
+        if self.directory is not None:
+            self._spawn(self.directory.release(edge.name, edge.conn))
 
     async def drop_revoked(self) -> None:
         """Close the links of edges whose enrolment token was revoked (or no longer fits)."""
@@ -254,7 +327,6 @@ class EdgeRegistry:
         edge = EdgeLink(name, peer, self.topology.manifests.intern(plugins), info, credential=digest(token))
         old = self.edges.get(name)
         if old is not None:
-            self.topology.manifests.release(old.plugins)
             self.topology.watchers.discard(old)
         self.edges[name] = edge
         if old is not None:
@@ -268,6 +340,7 @@ class EdgeRegistry:
         peer.send({"t": P.WELCOME, "version": self.topology.version, "max_body": self.max_body,
                    "key": edge.key})
         self.topology.add(edge)
+        self._claim(edge)
         if hello.get("watch") is True:
             self.topology.watch(edge, True)
         log.info("edge %s connected with plugins %s", name, ", ".join(plugins))
@@ -277,20 +350,29 @@ class EdgeRegistry:
         """None: no edge of that name; a reason string: replace it; False: it is alive, refuse."""
         old = self.edges.get(name)
         if old is None:
-            return None
+            return await self._may_take_over(name, resume, info)
         if isinstance(resume, str) and hmac.compare_digest(resume.encode(), old.key.encode()):
             return "reconnected with its connection key"
-        asked = time.monotonic()
-        old.peer.send({"t": P.PING, "ts": time.time()})
-        while time.monotonic() - asked < PROBE_TIMEOUT:
-            await asyncio.sleep(0.05)
-            if self.edges.get(name) is not old:
-                return "the previous connection closed"
-            if old.peer.last_seen > asked:
-                log.warning("edge %s: refused a second connection from %s while the connected one "
-                            "(from %s) answers", name, info.get("host"), old.info.get("host"))
-                return False
+        if await self._answers(old):
+            log.warning("edge %s: refused a second connection from %s while the connected one "
+                        "(from %s) answers", name, info.get("host"), old.info.get("host"))
+            return False
+        if self.edges.get(name) is not old:
+            return "the previous connection closed"
         return f"the previous connection did not answer for {PROBE_TIMEOUT:g} s"
+
+    async def _may_take_over(self, name: str, resume: Any, info: dict[str, Any]) -> str | bool | None:
+        """The same rule for an edge another bridge holds: its key, or it does not answer there."""
+        remote = self.directory.holder(name) if self.directory is not None else None
+        if remote is None or self.directory is None:
+            return None
+        if isinstance(resume, str) and self.directory.verify_resume(name, resume):
+            return f"reconnected with its connection key (it was on bridge {remote.bridge_id})"
+        if await self.directory.probe(name, PROBE_TIMEOUT):
+            log.warning("edge %s: refused a connection from %s while bridge %s holds a live one", name,
+                        info.get("host"), remote.bridge_id)
+            return False
+        return f"its connection on bridge {remote.bridge_id} did not answer for {PROBE_TIMEOUT:g} s"
 
     def call_handlers(self, edge: EdgeLink) -> dict[str, Any]:
         """The asking side's frames: answers to calls (the bridge's own plugins send only these)."""

@@ -47,6 +47,7 @@ WRAPPER = '"$@"; rc=$?; echo "$rc" > {exit_file}; exit "$rc"'
 MAX_OFFSET = 1 << 62  # beyond what a file offset holds: a larger one would crash seek(), not read nothing
 ENV_OVERRIDES = ("SBATCH_EXPORT", "SBATCH_GET_USER_ENV")
 OUTPUTS = ("stdout_path", "stderr_path")  # where the job writes: never a dot-file in $HOME
+LIST_MAX = 1000  # jobs in one list_jobs page (and the default)
 
 
 def _owner_name(who: Principal | None) -> str:
@@ -430,10 +431,27 @@ class PluginPsij(Plugin):
                 "stderr_offset": se_next}
 
     async def list_jobs(self, request: Request) -> dict[str, Any]:
+        """The caller's jobs (an admin's: everyone's), newest first, one page: ``?limit=&before=``.
+
+        ``limit`` is 1 to 1000 (default 1000); ``next`` is the job id to pass as ``before`` for
+        the next page, or null.
+        """
         self._get_session(request.path_params["sid"])
         who = current_principal.get()
         owner = None if who is None or who.is_admin else who.id
-        return {"jobs": [self._public(r) for r in await asyncio.to_thread(self.store.list, owner)]}
+        try:
+            limit = int(request.query_params.get("limit") or LIST_MAX)
+        except ValueError as exc:
+            raise PluginError("limit must be a whole number", 422) from exc
+        if not 1 <= limit <= LIST_MAX:
+            raise PluginError(f"limit must be between 1 and {LIST_MAX}", 422)
+        before = request.query_params.get("before") or None
+        try:
+            recs = await asyncio.to_thread(self.store.list, owner, limit + 1, before)
+        except KeyError as exc:
+            raise PluginError(f"no job {before}", 404) from exc
+        page = recs[:limit]
+        return {"jobs": [self._public(r) for r in page], "next": page[-1]["id"] if len(recs) > limit else None}
 
     async def cancel_job(self, request: Request) -> dict[str, Any]:
         self._get_session(request.path_params["sid"])

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
 """
 COLUMNS = ("id", "owner", "executor", "native_id", "spec", "state", "exit_code", "message", "stdout_path",
            "stderr_path", "exit_file", "workdir", "created", "updated", "history")
@@ -94,15 +95,28 @@ class JobStore(SqliteStore):
             cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,))
             return self._row(cur.fetchone())
 
-    def list(self, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
-        args: tuple[Any, ...] = ()
+    def list(self, owner: str | None = None, limit: int = 1000, before: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, at most ``limit``; ``before`` (a job id) continues after that job (KeyError if unknown).
+
+        An index serves both an owner's listing (``jobs_owner``) and everyone's
+        (``jobs_created``): a page reads its own rows, not the table.
+        """
+        where: list[str] = []
+        args: list[Any] = []
         if owner is not None:
-            sql += " WHERE owner = ?"
-            args = (owner,)
-        sql += " ORDER BY created DESC LIMIT ?"
+            where.append("owner = ?")
+            args.append(owner)
         with self._lock:
-            rows = self._db.execute(sql, (*args, limit)).fetchall()
+            if before is not None:
+                cursor = self._db.execute("SELECT created, id, owner FROM jobs WHERE id = ?", (before,)).fetchone()
+                if cursor is None or (owner is not None and cursor[2] != owner):
+                    raise KeyError(before)
+                where.append("created <= ? AND (created < ? OR id < ?)")
+                args += [cursor[0], cursor[0], cursor[1]]
+            sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            rows = self._db.execute(sql + " ORDER BY created DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
         return [r for r in (self._row(row) for row in rows) if r is not None]
 
     def unfinished(self) -> JobRecords:

@@ -32,5 +32,6 @@ class TasksConfig(JobPolicyConfig):
     allowed_functions: list[str] | None = Field(
         None, description="If set, only these module:qualname functions (fnmatch patterns) may run.")
     output_tail: int = Field(4096, ge=0, le=1 << 20, description="Bytes of stdout/stderr kept per task.")
-    max_tasks: int = Field(200_000, ge=100, description="Finished tasks kept per session before the oldest go.")
+    max_tasks: int = Field(200_000, ge=100, description="Finished tasks kept per session; beyond, the oldest go: "
+                                                        "those already read with get_task first.")
     max_batch: int = Field(65_536, ge=1, description="Most tasks in one submission.")

@@ -5,6 +5,13 @@ run in chunks inside pool workers (one round trip per chunk, not per task), and 
 changes are coalesced into ``task_status_batch`` events (at most every ~50 ms or 1000
 changes), so thousands of completions cost a handful of events.
 
+No per-call cost grows with the session's history: tasks are found by uid (a dict), each
+state keeps its task numbers in a :class:`~.index.NumberSet` (counts in O(1), pages in
+uid order in O(page)), waiting follows only the tasks asked about, and forgetting finished
+tasks beyond ``max_tasks`` pops the oldest from ordered dicts. Finished tasks whose record
+was read (``get_task``) are forgotten first; a forgotten task's final state stays known (one
+byte per task number), so waiting for it still answers.
+
 Executables pass the same policy as psij jobs (:mod:`isthmus.plugins.jobpolicy`): an
 allow-list of resolved paths, a clean environment, no loader variables unless the admin
 allows them. A session may only name a Dask scheduler the admin listed (``dask_addresses``):
@@ -22,6 +29,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +46,8 @@ from ..jobpolicy import check_environment, check_number, check_text, resolve_exe
 from .backends import Backend
 from .backends.local import LocalBackend
 from .config import TasksConfig
-from .states import TaskState, advance
+from .index import NumberSet, merged_page, number_of, uid_of
+from .states import FINAL, TaskState, advance
 from .wire import expand
 
 COALESCE_SECONDS = 0.05
@@ -47,12 +56,16 @@ MAX_CHUNK_FUNCTIONS = 512
 MAX_CHUNK_EXECUTABLES = 64
 MAX_TIMEOUT = 366 * 86400  # seconds; larger (or inf/nan) is a mistake, and overflows timers
 INTERNAL_KEYS = frozenset({"uid", "cancel_marker", "passthrough"})  # set by the edge, never by a client
+PAGE_DEFAULT = 1000  # list_tasks without limit: one page of this many, never the whole session
+PAGE_MAX = 10_000
+FORGOTTEN_CODES = (None, TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)  # bytes of session.forgotten
 
 
 @dataclass(slots=True)
 class Task:
     uid: str
     spec: dict[str, Any]
+    number: int = 0  # the uid's number: its place in the per-state indexes
     state: TaskState = TaskState.PENDING
     submitted: float = field(default_factory=time.time)
     started: float | None = None
@@ -86,7 +99,12 @@ class TasksSession(PluginSession):
         self.backend: Backend | None = None
         self.owns_backend = False
         self.plugin: PluginTasks | None = None
-        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.tasks: dict[str, Task] = {}  # every kept task, by uid
+        self.by_state = {state: NumberSet() for state in TaskState}  # task numbers per state
+        self.unread: OrderedDict[str, None] = OrderedDict()  # finished, record not read: oldest finished first
+        self.read: OrderedDict[str, None] = OrderedDict()  # finished, record read (get_task): forgotten first
+        self.forgotten = bytearray()  # by task number: the final state of a forgotten task (FORGOTTEN_CODES)
+        self.forgotten_count = 0
         self.pending: deque[str] = deque()
         self.inflight = 0
         self.counter = itertools.count(1)
@@ -137,20 +155,23 @@ class TasksSession(PluginSession):
         if not changes or self._notify is None:
             return
         if len(changes) == 1:
-            self._notify("task_status", changes[0])
+            self._notify("task_status", {**changes[0], "sid": self.sid})
         else:
-            self._notify("task_status_batch", {"tasks": changes})
+            self._notify("task_status_batch", {"sid": self.sid, "tasks": changes})
 
     def _move(self, task: Task, event: TaskState) -> bool:
         new = advance(task.state, event, task.cancel_requested)
         if new is None:
             return False
+        self.by_state[task.state].discard(task.number)
+        self.by_state[new].add(task.number)
         task.state = new
         now = time.time()
         if new is TaskState.RUNNING:
             task.started = now
         elif new.final:
             task.finished = now
+            self.unread[task.uid] = None
             self.final_event.set()
         self._changed(task)
         return True
@@ -211,12 +232,63 @@ class TasksSession(PluginSession):
             self._flush()  # the batch is complete: say so now, not after the coalescing window
 
     def _trim(self) -> None:
+        """Forget finished tasks beyond ``max_tasks``: read ones first, then the oldest unread; O(forgotten)."""
         assert self.plugin is not None
-        excess = len(self.tasks) - self.plugin.config.max_tasks
-        if excess <= 0:
-            return
-        for uid in [u for u, t in self.tasks.items() if t.state.final][:excess]:
-            del self.tasks[uid]
+        excess = len(self.read) + len(self.unread) - self.plugin.config.max_tasks
+        for _ in range(max(excess, 0)):
+            uid, _none = (self.read if self.read else self.unread).popitem(last=False)
+            task = self.tasks.pop(uid)
+            self.by_state[task.state].discard(task.number)
+            if len(self.forgotten) <= task.number:
+                self.forgotten.extend(bytes(task.number + 1 - len(self.forgotten)))
+            self.forgotten[task.number] = FORGOTTEN_CODES.index(task.state)
+            self.forgotten_count += 1
+
+    # -- lookups: each costs what it is asked about ---------------------------------------------------
+
+    def forgotten_state(self, uid: str) -> TaskState | None:
+        """The final state of a task this session forgot (``max_tasks``), or None."""
+        number = number_of(uid)
+        if number is None or number >= len(self.forgotten):
+            return None
+        return FORGOTTEN_CODES[self.forgotten[number]]
+
+    def mark_read(self, task: Task) -> None:
+        """A finished task's record was read: it is among the first to go beyond ``max_tasks``."""
+        if task.uid in self.unread:
+            del self.unread[task.uid]
+            self.read[task.uid] = None
+
+    def unfinished(self) -> int:
+        return len(self.by_state[TaskState.PENDING]) + len(self.by_state[TaskState.RUNNING])
+
+    def unfinished_uids(self) -> list[str]:
+        return [uid_of(n) for state in (TaskState.PENDING, TaskState.RUNNING)
+                for n in self.by_state[state].snapshot()]
+
+    def counts(self) -> dict[str, int]:
+        return {state.value: len(self.by_state[state]) for state in TaskState}
+
+    def page(self, state: TaskState | None, after: int, limit: int) -> list[Task]:
+        """Up to ``limit`` tasks (of ``state``, or any) with uid numbers above ``after``, in uid order."""
+        sets = [self.by_state[state]] if state is not None else list(self.by_state.values())
+        return [self.tasks[uid_of(n)] for n in merged_page(sets, after, limit)]
+
+    def states(self, uids: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Brief records of ``uids`` (forgotten ones too) and the uids this session never had."""
+        found: list[dict[str, Any]] = []
+        unknown: list[str] = []
+        for uid in uids:
+            task = self.tasks.get(uid)
+            if task is not None:
+                found.append(task.brief())
+                continue
+            gone = self.forgotten_state(uid)
+            if gone is None:
+                unknown.append(uid)
+            else:
+                found.append({"uid": uid, "state": gone.value, "exit_code": None, "forgotten": True})
+        return found, unknown
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -225,13 +297,16 @@ class TasksSession(PluginSession):
         assert self.plugin is not None
         passthrough = tuple(self.plugin.config.env_passthrough)  # one object: pickled once per chunk
         uids = []
+        pending = self.by_state[TaskState.PENDING]
         for spec in specs:
-            uid = f"task.{next(self.counter):06d}"
+            number = next(self.counter)
+            uid = uid_of(number)
             if "executable" in spec:
                 key = f"{self.sid}.{uid}"  # unique across sessions: uids are per session
                 spec = {**spec, "uid": key, "cancel_marker": str(self.plugin.cancel_dir / key),
                         "passthrough": passthrough}
-            self.tasks[uid] = Task(uid, spec)
+            self.tasks[uid] = Task(uid, spec, number)
+            pending.add(number)
             self.pending.append(uid)
             uids.append(uid)
         self.dispatch()
@@ -255,14 +330,22 @@ class TasksSession(PluginSession):
             await asyncio.to_thread(self.plugin.mark_cancelled, keys)
         if keys and self.backend is not None:
             await self.backend.kill(keys)
+        if count and self.plugin is not None:
+            self._trim()
         return count
 
     async def wait(self, uids: list[str] | None, timeout: float) -> bool:
+        """Until ``uids`` (None: every task) are final or ``timeout``; each wake-up costs the tasks still awaited."""
         deadline = time.monotonic() + timeout
+        targets = None if uids is None else [t for u in uids if (t := self.tasks.get(u)) is not None]
         while True:
-            targets = [self.tasks[u] for u in uids if u in self.tasks] if uids else list(self.tasks.values())
-            if all(t.state.final for t in targets):
-                return True
+            if targets is None:
+                if self.unfinished() == 0:
+                    return True
+            else:
+                targets = [t for t in targets if not t.state.final]
+                if not targets:
+                    return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -273,7 +356,7 @@ class TasksSession(PluginSession):
                 return False
 
     async def close(self) -> dict[str, Any]:
-        await self.cancel(list(self.tasks))
+        await self.cancel(self.unfinished_uids())
         for job in list(self.running):
             job.cancel()
         self._flush()
@@ -309,7 +392,8 @@ class PluginTasks(Plugin):
         self.cancel_dir = Path(tempfile.mkdtemp(prefix="isthmus-tasks-cancel-"))
         for path, handler in (("submit_tasks/{sid}", self.submit_tasks), ("submit_form/{sid}", self.submit_form),
                               ("cancel_task/{sid}/{uid}", self.cancel_task),
-                              ("cancel_all_tasks/{sid}", self.cancel_all), ("wait_tasks/{sid}", self.wait_tasks)):
+                              ("cancel_all_tasks/{sid}", self.cancel_all), ("wait_tasks/{sid}", self.wait_tasks),
+                              ("task_states/{sid}", self.task_states)):
             self.add_route_post(path, handler)
         self.add_route_get("list_tasks/{sid}", self.list_tasks)
         self.add_route_get("get_task/{sid}/{uid}", self.get_task)
@@ -494,17 +578,41 @@ class PluginTasks(Plugin):
         return {"uids": session.submit(self._validate([dict(spec) for _ in range(max(1, min(count, 10000)))]))}
 
     async def list_tasks(self, request: Request) -> dict[str, Any]:
+        """One page in uid order: ``?state=&limit=&after=``; ``next`` is the cursor of the next page (or null)."""
         session = self._session(request)
-        state = request.query_params.get("state")
-        tasks = [t.brief() for t in session.tasks.values() if state is None or t.state.value == state]
-        return {"tasks": tasks, "counts": {s.value: sum(1 for t in session.tasks.values() if t.state is s)
-                                           for s in TaskState}}
+        query = request.query_params
+        state_name = query.get("state") or None
+        try:
+            state = TaskState(state_name) if state_name is not None else None
+        except ValueError as exc:
+            raise PluginError(f"state must be one of {', '.join(s.value for s in TaskState)}", 422) from exc
+        try:
+            limit = int(query.get("limit") or PAGE_DEFAULT)
+        except ValueError as exc:
+            raise PluginError("limit must be a whole number", 422) from exc
+        if not 0 <= limit <= PAGE_MAX:
+            raise PluginError(f"limit must be between 0 and {PAGE_MAX}", 422)
+        after_uid = query.get("after") or None
+        after = 0 if after_uid is None else number_of(after_uid)
+        if after is None:
+            raise PluginError(f"after must be a task uid such as {uid_of(1)}", 422)
+        tasks = session.page(state, after, limit + 1) if limit else []
+        more = len(tasks) > limit
+        tasks = tasks[:limit]
+        return {"tasks": [t.brief() for t in tasks], "counts": session.counts(),
+                "forgotten": session.forgotten_count, "next": tasks[-1].uid if more else None}
 
     async def get_task(self, request: Request) -> dict[str, Any]:
         session = self._session(request)
-        task = session.tasks.get(request.path_params["uid"])
+        uid = request.path_params["uid"]
+        task = session.tasks.get(uid)
         if task is None:
-            raise PluginError(f"no task {request.path_params['uid']} in this session", 404)
+            gone = session.forgotten_state(uid)
+            if gone is not None:
+                raise PluginError(f"task {uid} ended {gone.value} and was forgotten: a session keeps at most "
+                                  f"max_tasks ({self.config.max_tasks}) finished tasks", 404)
+            raise PluginError(f"no task {uid} in this session", 404)
+        session.mark_read(task)
         return task.full()
 
     async def cancel_task(self, request: Request) -> dict[str, Any]:
@@ -516,20 +624,51 @@ class PluginTasks(Plugin):
 
     async def cancel_all(self, request: Request) -> dict[str, Any]:
         session = self._session(request)
-        return {"cancelled": await session.cancel(list(session.tasks))}
+        return {"cancelled": await session.cancel(session.unfinished_uids())}
+
+    @staticmethod
+    async def _uids_body(request: Request, what: str) -> tuple[dict[str, Any], list[str] | None]:
+        body = orjson.loads(raw) if (raw := await request.body()) else {}
+        uids = body.get("uids") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not (uids is None or (isinstance(uids, list)
+                                                                and all(isinstance(u, str) for u in uids))):
+            raise PluginError(f"send {{\"uids\": [\"task.000001\", ...]{what}}}", 422)
+        return body, uids
 
     async def wait_tasks(self, request: Request) -> dict[str, Any]:
-        """Long-poll fallback for clients without the event stream: returns when done or after ``timeout``."""
+        """Long-poll fallback for clients without the event stream: returns when done or after ``timeout``.
+
+        With ``uids``: their final states (``states``; forgotten tasks too) and the uids this
+        session never had (``unknown``); without: ``counts``. Costs the uids asked about.
+        """
         session = self._session(request)
-        body = await request.json() if (await request.body()) else {}
-        if not isinstance(body, dict):
-            raise PluginError("send {\"uids\": [...], \"timeout\": seconds}", 422)
         try:
-            timeout = min(check_number(float(body.get("timeout") or 30), "timeout", MAX_TIMEOUT), 50)
+            body, uids = await self._uids_body(request, ", \"timeout\": seconds")
+        except orjson.JSONDecodeError as exc:
+            raise PluginError(f"the body is not JSON: {exc}", 422) from exc
+        raw = body.get("timeout")
+        try:
+            timeout = 30.0 if raw is None else float(raw)
+            if timeout != 0:  # 0: answer now
+                timeout = min(check_number(timeout, "timeout", MAX_TIMEOUT), 50)
         except (TypeError, ValueError, OverflowError) as exc:
             raise PluginError(f"timeout: {exc}", 422) from exc
-        done = await session.wait(body.get("uids"), timeout)
-        return {"done": done}
+        done = await session.wait(uids, timeout)
+        if uids is None:
+            return {"done": done, "counts": session.counts()}
+        found, unknown = session.states(uids)
+        return {"done": done and not unknown, "states": {t["uid"]: t["state"] for t in found if t["state"] in FINAL},
+                "unknown": unknown}
+
+    async def task_states(self, request: Request) -> dict[str, Any]:
+        """``{"uids": [...]}`` → their brief records (``tasks``) and the uids never seen (``unknown``)."""
+        session = self._session(request)
+        try:
+            _body, uids = await self._uids_body(request, "")
+        except orjson.JSONDecodeError as exc:
+            raise PluginError(f"the body is not JSON: {exc}", 422) from exc
+        found, unknown = session.states(uids or [])
+        return {"tasks": found, "unknown": unknown}
 
     async def backends(self, request: Request) -> dict[str, Any]:
         from .backends.rhapsody import available
