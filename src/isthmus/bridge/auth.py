@@ -5,6 +5,10 @@ strings, so a plain digest is as strong as a slow hash here and costs microsecon
 request. ``ISTHMUS_ADMIN_TOKEN`` and ``ISTHMUS_EDGE_TOKEN`` add one token each from the
 environment. The file is re-read when it changes, so ``isthmus token create`` takes
 effect without a restart.
+
+Several bridges share their tokens through Redis instead: ``redis_tokens.open_token_store``
+gives this ``TokenStore`` without a Redis URL and a ``RedisTokenStore`` (the same lookups,
+fed from Redis) with one. Both have ``await start()``/``await stop()`` and ``healthy``/``problem``.
 """
 
 from __future__ import annotations
@@ -84,19 +88,26 @@ class TokenStore:
         mtime = (st.st_mtime_ns, st.st_size, st.st_ino)
         if mtime == self._mtime and not force:
             return False
-        entries = read_entries(self.path)
-        clients: dict[str, Principal] = {}
-        edges: dict[str, EdgeGrant] = {}
-        for entry in entries:
-            if entry.get("revoked"):
-                continue
-            if entry["role"] == EDGE_ROLE:
-                edges[entry["hash"]] = EdgeGrant(entry["id"], entry.get("edge") or "*")
-            else:
-                clients[entry["hash"]] = Principal(entry.get("name") or entry["id"], Role.parse(entry["role"]),
-                                                   entry.get("principal") or entry["id"])
+        clients, edges = index_entries(read_entries(self.path))
         self._file_clients, self._file_edges, self._mtime = clients, edges, mtime
         return True
+
+    # -- lifecycle (a shared store polls Redis; the file store needs nothing) ----------------------
+
+    async def start(self) -> None:
+        """Start background work (none for the file store)."""
+
+    async def stop(self) -> None:
+        """Stop background work (none for the file store)."""
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store is not healthy (for /healthz), or None."""
+        return None
 
     def client(self, token: str | None) -> Principal | None:
         """The principal a client token stands for, or None."""
@@ -128,6 +139,21 @@ class TokenStore:
     def has_client_tokens(self) -> bool:
         self._refresh()
         return bool(self._env_clients or self._file_clients)
+
+
+def index_entries(entries: list[dict[str, Any]]) -> tuple[dict[str, Principal], dict[str, EdgeGrant]]:
+    """(client principals, edge grants) by token digest, for the entries not revoked."""
+    clients: dict[str, Principal] = {}
+    edges: dict[str, EdgeGrant] = {}
+    for entry in entries:
+        if entry.get("revoked"):
+            continue
+        if entry["role"] == EDGE_ROLE:
+            edges[entry["hash"]] = EdgeGrant(entry["id"], entry.get("edge") or "*")
+        else:
+            clients[entry["hash"]] = Principal(entry.get("name") or entry["id"], Role.parse(entry["role"]),
+                                               entry.get("principal") or entry["id"])
+    return clients, edges
 
 
 # -- the token file ---------------------------------------------------------------------------
@@ -169,6 +195,16 @@ def create_token(path: Path, role: str, name: str | None = None, edge: str | Non
     Without ``principal`` the token is its own principal (its id), so it owns what it
     creates alone; give several tokens one ``principal`` to let them share (rotation).
     """
+    token, entry = new_entry(role, name=name, edge=edge, principal=principal)
+    entries = read_entries(path)
+    entries.append(entry)
+    _write_entries(path, entries)
+    return token, entry
+
+
+def new_entry(role: str, name: str | None = None, edge: str | None = None,
+              principal: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A fresh token and its entry (stored nowhere yet); see ``create_token``."""
     if role != EDGE_ROLE:
         Role.parse(role)
     token = new_token()
@@ -184,9 +220,6 @@ def create_token(path: Path, role: str, name: str | None = None, edge: str | Non
         entry["edge"] = edge or "*"
     elif principal:
         entry["principal"] = principal
-    entries = read_entries(path)
-    entries.append(entry)
-    _write_entries(path, entries)
     return token, entry
 
 

@@ -4,11 +4,18 @@ Each event is encoded once and shared by every subscriber. Subscribers have boun
 queues: a client that does not read loses events (and is told so with a ``gap``
 event) instead of growing the bridge's memory. A ring buffer bounded both in events
 and in bytes serves ``Last-Event-ID`` replays after a reconnect.
+
+``EventBus`` is the bridge alone: event ids are integers counted in this process. Several
+bridges share one event stream through Redis with ``redis_events.RedisEventBus`` (ids are
+the Redis stream's); both are used through the same calls: ``notification``/``topology``
+to publish (sync, never raising), ``await open(...)`` to subscribe with a replay,
+``unsubscribe``, ``await start()``/``await stop()``, ``healthy``/``problem``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,7 +37,7 @@ MAX_WRITE = 256 * 1024
 
 @dataclass(slots=True)
 class Event:
-    id: int
+    id: int | str  # an int counted by EventBus; a Redis stream id ("1732370000000-3") in RedisEventBus
     payload: bytes  # the encoded SSE block, "id: ..\ndata: ..\n\n"
     edge: str | None
     plugin: str | None
@@ -133,9 +140,12 @@ class EventBus:
         while self._ring_bytes > self.ring_budget and len(ring) > 1:
             self._ring_bytes -= len(ring.popleft().payload)
         self.published += 1
+        self._fanout(event)
+
+    def _fanout(self, event: Event) -> None:
         for sub in self._subs:
             if sub.wants(event):
-                sub.push(payload)
+                sub.push(event.payload)
 
     def notification(self, edge: str, plugin: str, topic: str, data_json: bytes,
                      owner: str | None) -> None:
@@ -156,15 +166,38 @@ class EventBus:
     def subscriber_list(self) -> list[Subscriber]:
         return list(self._subs)
 
+    # -- the calls a shared bus needs too (nothing to do here) ------------------------------------
+
+    async def start(self) -> None:
+        """Start background work (none for the in-memory bus)."""
+
+    async def stop(self) -> None:
+        """Stop background work (none for the in-memory bus)."""
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Why the bus is not healthy (for /healthz), or None."""
+        return None
+
+    async def open(self, principal: Principal, filters: Filters, last_event_id: str | None,
+                   credential: str | None = None) -> Subscriber:
+        """Subscribe, first replaying what came after ``last_event_id`` (the raw Last-Event-ID)."""
+        return self.subscribe(principal, filters, _int_id(last_event_id), credential=credential)
+
     def subscribe(self, principal: Principal, filters: Filters, last_id: int | None,
                   credential: str | None = None) -> Subscriber:
         sub = Subscriber(principal, filters, limit=self.queue_size, credential=credential)
         if last_id is not None:
-            oldest = self._ring[0].id if self._ring else self._next
+            oldest = int(self._ring[0].id) if self._ring else self._next  # this ring's ids are ints
             if last_id + 1 < oldest:
                 sub.push(_gap(oldest - last_id - 1, "the replay buffer no longer holds them"))
-            for event in self._ring:
-                if event.id > last_id and sub.wants(event):
+            skip = last_id - oldest + 1  # the ring's ids have no holes
+            for event in itertools.islice(self._ring, max(skip, 0), None):
+                if sub.wants(event):
                     sub.push(event.payload)
         self._subs.add(sub)
         return sub
@@ -177,34 +210,49 @@ class EventBus:
         return len(self._subs)
 
 
-def _gap(missed: int, why: str) -> bytes:
+def _gap(missed: int | None, why: str) -> bytes:
+    """A ``gap`` event; ``missed`` is None when the count cannot be known (a lost event store)."""
     body = orjson.dumps({"topic": "gap", "data": {"missed": missed, "reason": why}})
     return b"event: gap\ndata: %s\n\n" % body
 
 
-def _last_event_id(headers: list[tuple[bytes, bytes]], query: bytes) -> int | None:
+def _int_id(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _last_event_id_raw(headers: list[tuple[bytes, bytes]], query: bytes) -> str | None:
+    """The Last-Event-ID header (or ``last_event_id`` query parameter), as sent; None if absent
+    (or longer than any id this bridge makes)."""
+    raw: str | None = None
     for key, value in headers:
         if key == b"last-event-id":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    params = parse_qs(query.decode("latin-1"))
-    if "last_event_id" in params:
-        try:
-            return int(params["last_event_id"][0])
-        except ValueError:
-            return None
-    return None
+            raw = value.decode("latin-1")
+            break
+    else:
+        params = parse_qs(query.decode("latin-1"))
+        if "last_event_id" in params:
+            raw = params["last_event_id"][0]
+    if raw is None or len(raw) > 64:
+        return None
+    return raw.strip()
+
+
+def _last_event_id(headers: list[tuple[bytes, bytes]], query: bytes) -> int | None:
+    return _int_id(_last_event_id_raw(headers, query))
 
 
 async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any],
                        receive: Any, send: Any, keepalive: float = KEEPALIVE,
                        credential: str | None = None) -> None:
     """Stream events to one client until it goes away (or its token is revoked)."""
-    filters = Filters.from_query(scope.get("query_string", b""))
-    sub = bus.subscribe(principal, filters, _last_event_id(scope["headers"], scope.get("query_string", b"")),
-                        credential=credential)
+    query = scope.get("query_string", b"")
+    sub = await bus.open(principal, Filters.from_query(query), _last_event_id_raw(scope["headers"], query),
+                         credential=credential)
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-store"),
