@@ -130,10 +130,12 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
     server.LIMITS.preauth_per_address = settings.preauth_per_address
     server.tune_malloc()
     return uvicorn.Config(bridge, host=host, port=port, lifespan="on", loop=loop, http=server.GuardedHttp,
-                          ws=server.GuardedWebSocket, ws_max_size=MAX_MESSAGE, ws_ping_interval=20.0,
-                          ws_ping_timeout=20.0, log_level=level.lower(), access_log=False,
+                          ws=server.GuardedWebSocket, ws_max_size=MAX_MESSAGE,
+                          ws_ping_interval=None,  # the edge link has its own heartbeat (wire.peer)
+                          ws_ping_timeout=None, log_level=level.lower(), access_log=False,
                           ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=settings.idle_timeout,
-                          proxy_headers=False, server_header=False)
+                          proxy_headers=False, server_header=False,
+                          backlog=4096)  # a fleet reconnecting at once: queue its SYNs (capped by somaxconn)
 
 
 def make_bridge(app_config: AppConfig, *, admin_token: str | None, edge_token: str | None,
@@ -244,9 +246,11 @@ def bridge(
                                       plugins=_plugins(plugins), tls=bool(tls_cert),
                                       request_timeout=request_timeout, max_body=max_body, host=host, port=port,
                                       redis=redis, advertise_url=advertise_url)
-    if not the_bridge.tokens.has_client_tokens:
+    if the_bridge.settings.redis:
+        pass  # the shared tokens are read from Redis once it starts
+    elif not the_bridge.tokens.has_client_tokens:
         log.warning("no client tokens: set ISTHMUS_ADMIN_TOKEN or run 'isthmus token create --role admin'")
-    if not the_bridge.tokens.has_edge_tokens:
+    if not the_bridge.settings.redis and not the_bridge.tokens.has_edge_tokens:
         log.warning("no edge enrolment tokens: set ISTHMUS_EDGE_TOKEN or run "
                     "'isthmus token create --role edge --edge NAME'")
     import uvicorn

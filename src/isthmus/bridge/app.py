@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import Callable
@@ -111,6 +112,7 @@ class Bridge:
             self._local_server.start()
         if self.local is not None:
             await self.local.startup()
+        gc.freeze()  # what start-up built lives on: full collections need not walk it (~40 ms)
 
     def _local_link(self, host: PluginHost) -> EdgeLink:
         """The bridge's own plugins as an edge named ``bridge`` joined by an in-memory link."""
@@ -142,7 +144,7 @@ class Bridge:
     def health(self, detail: bool) -> bytes:
         """``degraded`` while Redis is unreachable (this bridge still serves its own edges);
         what is wrong only for an authenticated caller (it names internal addresses)."""
-        problems = [f"{type(x).__name__}: {x.problem}" for x in self._shared() if not x.healthy]
+        problems = [str(x.problem) for x in self._shared() if not x.healthy]
         status: dict[str, Any] = {"status": "degraded" if problems else "ok"}
         if detail:
             status.update(bridge=self.bridge_id, edges=len(self.edges.edges), problems=problems)

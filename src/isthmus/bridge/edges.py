@@ -32,7 +32,7 @@ from .auth import TokenStore, digest
 from .directory import EdgeDirectory, Remote
 from .events import EventBus
 from .server import guard_of
-from .topology import TopologyIndex
+from .topology import ManifestCache, TopologyIndex
 
 log = logging.getLogger("isthmus.bridge.edges")
 
@@ -90,19 +90,30 @@ class EdgeLink:
 
 
 class RemoteEdge:
-    """An edge another bridge holds (several bridges, Redis): listed here, relayed to there."""
+    """An edge another bridge holds (several bridges, Redis): listed here, relayed to there.
 
-    def __init__(self, name: str, remote: Remote) -> None:
+    Its claim carries its summary and, per plugin, the content hash of the manifest; the
+    manifests themselves are read from Redis once per distinct hash (``manifests``)."""
+
+    def __init__(self, name: str, remote: Remote, manifests: dict[str, Any]) -> None:
         self.name = name
         self.remote = remote
         self.conn = remote.conn_id
+        self._manifests = manifests
 
     def summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = self.remote.summary.get("summary") or {}
         return summary
 
+    def manifest_keys(self) -> dict[str, str]:
+        keys = self.remote.summary.get("manifests")
+        return keys if isinstance(keys, dict) else {}
+
     def describe(self) -> dict[str, Any]:
-        return {**(self.remote.summary.get("describe") or {}), "bridge": self.remote.bridge_id}
+        brief = self.summary().get("plugins") or {}
+        plugins = {pid: self._manifests.get(key) or {"name": pid, **(brief.get(pid) or {})}
+                   for pid, key in self.manifest_keys().items()}
+        return {**(self.remote.summary.get("describe") or {}), "plugins": plugins, "bridge": self.remote.bridge_id}
 
 
 class EdgeRegistry:
@@ -118,6 +129,7 @@ class EdgeRegistry:
         self.admission = asyncio.Semaphore(ADMIT_CONCURRENCY)
         self.admitting = 0  # connections waiting for (or in) admission: a storm in progress
         self.directory: EdgeDirectory | None = None  # several bridges: who holds which edge
+        self.remote_manifests: dict[str, Any] = {}  # content hash -> manifest, of other bridges' edges
         self._background: set[asyncio.Future[Any]] = set()
 
     # -- several bridges (Redis) -------------------------------------------------------------------
@@ -130,9 +142,21 @@ class EdgeRegistry:
 
     def _claim(self, edge: EdgeLink) -> None:
         if self.directory is not None:
-            self._spawn(self.directory.claim(edge.name, edge.conn, {"summary": edge.summary(),
-                                                                    "describe": edge.describe()},
-                                             digest(edge.key)))
+            self._spawn(self._claim_now(self.directory, edge))
+
+    async def _claim_now(self, directory: EdgeDirectory, edge: EdgeLink) -> None:
+        keys = {pid: ManifestCache.content_key(pid, m) for pid, m in edge.plugins.items()}
+        await directory.put_manifests({keys[pid]: orjson.dumps(m) for pid, m in edge.plugins.items()})
+        describe = {k: v for k, v in edge.describe().items() if k != "plugins"}
+        await directory.claim(edge.name, edge.conn, {"summary": edge.summary(), "describe": describe,
+                                                     "manifests": keys}, digest(edge.key))
+
+    async def _fetch_manifests(self, directory: EdgeDirectory, keys: set[str]) -> None:
+        for key, value in (await directory.get_manifests(sorted(keys))).items():
+            try:
+                self.remote_manifests[key] = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                log.warning("a stored manifest (%s) is not JSON; ignored", key)
 
     def _on_lost(self, name: str, conn: str) -> None:
         """A newer connection of this edge on another bridge won: close ours."""
@@ -152,10 +176,17 @@ class EdgeRegistry:
             if isinstance(member, RemoteEdge):
                 self.topology.remove(member, publish=False)
         directory = self.directory
+        if directory is None:
+            return
+        missing: set[str] = set()
         for name in joined:
-            remote = directory.holder(name) if directory is not None else None
+            remote = directory.holder(name)
             if remote is not None and name not in self.edges:
-                self.topology.add(RemoteEdge(name, remote), publish=False)
+                member = RemoteEdge(name, remote, self.remote_manifests)
+                self.topology.add(member, publish=False)
+                missing.update(k for k in member.manifest_keys().values() if k not in self.remote_manifests)
+        if missing:
+            self._spawn(self._fetch_manifests(directory, missing))
 
     async def _probe_local(self, name: str) -> bool:
         edge = self.edges.get(name)
@@ -245,6 +276,7 @@ class EdgeRegistry:
                     edge = await self._enrol(hello, peer)
             finally:
                 self.admitting -= 1
+            hello = {}  # the decoded manifests (interned now) are not kept per connection
             if edge is None:
                 await peer.flush()
                 await close(1008, "refused")

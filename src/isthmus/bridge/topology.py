@@ -57,6 +57,11 @@ class ManifestCache:
     def _key(manifest: Any) -> bytes:
         return hashlib.blake2b(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
+    @classmethod
+    def content_key(cls, pid: str, manifest: Any) -> str:
+        """The name other bridges know this plugin's manifest by (several bridges)."""
+        return cls._key([pid, manifest]).hex()
+
     def intern(self, plugins: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for pid, manifest in plugins.items():

@@ -106,8 +106,10 @@ class Stack:
         self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, "bridge up",
                    self.bridge_proc, "bridge.log")
 
-    def start_edge(self, wait: bool = True) -> None:
-        args = ["edge", "--bridge", f"ws://127.0.0.1:{self.port}", "--name", self.edge,
+    def start_edge(self, wait: bool = True, bridges: list[str] | None = None) -> None:
+        """Start the edge (``bridges``: the ws:// URLs it may use, default this stack's bridge)."""
+        urls = ",".join(bridges or [f"ws://127.0.0.1:{self.port}"])
+        args = ["edge", "--bridge", urls, "--name", self.edge,
                 "--log-level", "info", *self._config_args()]
         if self.plugins is not None:
             args += ["--plugins", ",".join(self.plugins)]
@@ -117,7 +119,8 @@ class Stack:
 
     def wait_edge(self, present: bool = True, timeout: float = START_TIMEOUT) -> None:
         def check() -> bool:
-            edges = httpx.get(f"{self.url}/edge/list", headers=self.headers, timeout=2).json()["edges"]
+            edges = httpx.get(f"{self.url}/edge/list", params={"name": self.edge, "view": "summary"},
+                              headers=self.headers, timeout=2).json()["edges"]
             return (self.edge in edges) == present
 
         self._wait(check, f"edge {self.edge} {'connected' if present else 'gone'}",

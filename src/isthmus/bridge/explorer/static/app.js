@@ -129,8 +129,18 @@ export function showOverlay(title, bodyHtml) {
 
 function hideOverlay() { $('#overlay').classList.add('hidden'); }
 
+// States seen in notifications, kept briefly: a job that finishes before its submit answer
+// arrives (a fast job, a busy bridge) is registered with the state it already reached.
+const recentStates = new Map();
+function noteState(key, value) {
+  recentStates.delete(key);
+  recentStates.set(key, value);
+  if (recentStates.size > 500) recentStates.delete(recentStates.keys().next().value);
+}
+
 function registerTask(plugin, id, label) {
-  state.tasks.set(`${plugin}:${id}`, { plugin, id, label: label || id, state: 'NEW' });
+  const key = `${plugin}:${id}`;
+  state.tasks.set(key, { plugin, id, label: label || id, state: recentStates.get(key) || 'NEW' });
   renderTasks();
 }
 
@@ -255,10 +265,12 @@ function onNotification(n) {
   const data = n.data || {};
   const id = data.job_id ?? data.uid ?? data.name ?? data.id;
   noteEvent(`${n.edge}/${n.plugin} ${n.topic} ${id ?? ''} ${data.state ?? data.severity ?? ''}`);
+  if (id !== undefined && data.state) noteState(`${n.plugin}:${id}`, data.state);
   const task = state.tasks.get(`${n.plugin}:${id}`);
   if (task && data.state) { task.state = data.state; renderTasks(); }
   if (n.topic === 'task_status_batch') {
     for (const t of data.tasks || []) {
+      noteState(`${n.plugin}:${t.uid}`, t.state);
       const tracked = state.tasks.get(`${n.plugin}:${t.uid}`);
       if (tracked) tracked.state = t.state;
     }
