@@ -47,6 +47,7 @@ bench: install system-deps ## Run the benchmarks (JSON on stdout; see bench/RESU
 	$(BIN)/python bench/tasks.py
 	$(BIN)/python bench/staging.py
 	$(BIN)/python bench/edges.py
+	$(BIN)/python bench/bridges.py
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .coverage .coverage.* test-artifacts src/*.egg-info
