@@ -640,6 +640,25 @@ def cp(
         client.close()
 
 
+@app.command("mcp")
+def mcp_cmd(
+    bridge: Annotated[str | None, typer.Option(help="Bridge URL (default $ISTHMUS_URL, else http://127.0.0.1:8000).")]
+    = None,
+    token_file: Annotated[str | None, typer.Option(help="File (mode 600) holding your API token "
+                                                        "(default $ISTHMUS_TOKEN).")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level (logs go to stderr).")] = "warning",
+) -> None:
+    """Serve the bridge's tools to an AI assistant over MCP on stdio, with your token's rights (docs/mcp.md)."""
+    from .mcp.stdio import run
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr)
+    token = take_secret("ISTHMUS_TOKEN", token_file)
+    if not token:
+        typer.echo("error: give a token: --token-file FILE or $ISTHMUS_TOKEN", err=True)
+        raise typer.Exit(2)
+    run(bridge or os.environ.get("ISTHMUS_URL") or "http://127.0.0.1:8000", token)
+
+
 # -- plugins ----------------------------------------------------------------------------------
 
 @app.command("plugins")

@@ -204,6 +204,8 @@ def test_in_process_submission_without_a_host(tmp_path, monkeypatch) -> None:
         poll_for(lambda: client.get(f"/psij/job_status/{sid}/{job_id}").json()["state"] == "DONE", 20,
                  what="flat-form job done")
         assert client.get(f"/psij/job_status/{sid}/{job_id}", params={"stdout_offset": 2}).json()["stdout"] == "b\n"
+        far = client.get(f"/psij/job_status/{sid}/{job_id}", params={"stdout_offset": 1 << 62})  # past the end
+        assert far.status_code == 200 and far.json()["stdout"] == ""
     assert plugin.dir == tmp_path / "isthmus" / "psij"
 
 

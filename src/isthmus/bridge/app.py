@@ -4,6 +4,7 @@
     /, /static/...           the Explorer (its own files; login happens in the page)
     /_edge/connect           edges' WebSocket
     /events                  Server-Sent Events
+    /mcp                     the Model Context Protocol (isthmus.mcp; bearer token only)
     /edge/..., /menu, /auth/..., /bridge/terminate, /api/...   the bridge's API (FastAPI)
     /bridge/{plugin}/...     plugins hosted in the bridge process
     /{edge}/{plugin}/...     forwarded to the edge (the hot path, raw ASGI)
@@ -82,6 +83,9 @@ class Bridge:
             self.local.view.reset(self.edges.topology.summaries())  # then fed the registry's deltas
             self.local_edge = self._local_link(self.local)
         self.api = build_api(self)
+        from ..mcp.server import BridgeEndpoint  # MCP at /mcp (docs/mcp.md)
+
+        self.mcp = BridgeEndpoint(self)
         self.explorer: Any = None
         self._exit: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,6 +116,7 @@ class Bridge:
             self._local_server.start()
         if self.local is not None:
             await self.local.startup()
+        await self.mcp.start()
         gc.freeze()  # what start-up built lives on: full collections need not walk it (~40 ms)
 
     def _local_link(self, host: PluginHost) -> EdgeLink:
@@ -153,6 +158,7 @@ class Bridge:
     async def shutdown(self) -> None:
         if self._revocations is not None:
             self._revocations.cancel()
+        await self.mcp.stop()
         for name in list(self.edges.edges):
             edge = self.edges.edges.get(name)
             if edge is not None and edge.closer is not None:
@@ -255,12 +261,14 @@ class Bridge:
             if from_cookie and not same_origin(scope["headers"]):
                 await respond(send, 403, "cross-site request refused")
                 return
-            if not principal.can(Role.user):
+            if not principal.can(Role.user) and path != "/mcp":  # MCP: each tool call checks the role
                 await respond(send, 403, f"the {principal.role.name} role may only read (GET); "
                                          "this needs the user role")
                 return
         scope.setdefault("state", {})["principal"] = principal
-        if first == "events":
+        if path == "/mcp":
+            await self.mcp(scope, receive, send)
+        elif first == "events":
             await serve_events(self.bus, principal, scope, receive, send, credential=credential)
         elif first in API_SEGMENTS or path == "/bridge/terminate":
             await self.api(scope, receive, send)

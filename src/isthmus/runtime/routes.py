@@ -5,6 +5,7 @@ Names beginning with ``_`` are reserved for these, so no plugin can shadow them.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -109,4 +110,75 @@ def mount_host_routes(host: Host) -> None:
         _require_admin()
         return {"results": await host.reload()}
 
+    @router.get("/operations")
+    async def operations() -> dict[str, Any]:
+        """Every plugin route an agent may call (isthmus.mcp makes one MCP tool of each)."""
+        return {"edge": host.name, "operations": plugin_operations(host)}
+
     host.app.include_router(router, prefix="/_edge")
+
+
+# Routes every plugin has that an agent never calls itself (isthmus.mcp manages sessions).
+_NOT_OPERATIONS = frozenset({"register_session", "unregister_session/{sid}", "ui_config", "list_sessions"})
+
+
+def plugin_operations(host: Host) -> list[dict[str, Any]]:
+    """Each exposed plugin route: plugin, method, path (under the plugin), path parameters,
+    description (the handler's docstring) and, for FastAPI routes, query and body schemas.
+
+    Not exposed: the routes every plugin has, routes added with ``include_in_schema=False``
+    and the paths a plugin lists in its ``mcp_exclude`` class attribute. A plugin names its
+    own tools in ``mcp_tools`` (tool name -> "METHOD path"): those operations carry ``tool``."""
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    spaces = {}
+    for pid, record in host.records.items():
+        if record.enabled and record.plugin is not None:
+            spaces[str(getattr(record.plugin, "namespace", f"/{pid}")).strip("/")] = record.plugin
+
+    def exposed(full: str) -> tuple[str, str] | None:
+        plugin_name, _, path = full.lstrip("/").partition("/")
+        plugin = spaces.get(plugin_name)
+        if plugin is None or not path or path in _NOT_OPERATIONS or path in getattr(plugin, "mcp_exclude", ()):
+            return None
+        return plugin_name, path
+
+    def params_of(path: str) -> list[str]:
+        return [p.strip("{}").partition(":")[0] for p in path.split("/") if p.startswith("{")]
+
+    out: list[dict[str, Any]] = []
+    for route in host.app.routes:  # add_route_* routes: plain Starlette routes at the top level
+        if not isinstance(route, Route) or isinstance(route, APIRoute) or (where := exposed(route.path)) is None:
+            continue
+        doc = inspect.getdoc(inspect.unwrap(route.endpoint)) or ""  # the plugin's handler (Plugin._wrap)
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            out.append({"plugin": where[0], "method": method, "path": where[1], "params": params_of(where[1]),
+                        "description": doc})
+    try:  # register_routes routes: FastAPI describes them (include_in_schema=False ones it leaves out)
+        spec = get_openapi(title="operations", version="0", routes=host.app.routes)
+    except Exception:  # noqa: BLE001 - a model FastAPI cannot describe: those routes stay callable over REST
+        spec = {}
+    defs = spec.get("components", {}).get("schemas", {})
+    for full, methods in spec.get("paths", {}).items():
+        if (where := exposed(full)) is None or where[1].startswith("_"):
+            continue
+        for method, detail in methods.items():
+            op: dict[str, Any] = {"plugin": where[0], "method": method.upper(), "path": where[1],
+                                  "params": params_of(where[1]),
+                                  "description": detail.get("description") or detail.get("summary", ""),
+                                  "query": {p["name"]: p.get("schema", {}) for p in detail.get("parameters", [])
+                                            if p.get("in") == "query"}}
+            body = detail.get("requestBody", {}).get("content", {}).get("application/json", {})
+            if body:
+                op["body"] = body.get("schema", {})
+                op["defs"] = defs
+            out.append(op)
+    for plugin_name, plugin in spaces.items():  # tools a plugin names itself: ``mcp_tools``
+        for tool, route in (getattr(plugin, "mcp_tools", None) or {}).items():
+            method, _, path = str(route).partition(" ")
+            for op in out:
+                if op["plugin"] == plugin_name and op["method"] == method.upper() and op["path"] == path.strip("/"):
+                    op["tool"] = tool
+    return out

@@ -318,6 +318,7 @@ class Plugin:
                 return error_response(exc, name)
             return result if isinstance(result, Response) else JSON(result)
 
+        endpoint.__wrapped__ = handler  # type: ignore[attr-defined]  # inspect.unwrap: its docstring for MCP
         return endpoint
 
     def add_route_get(self, path: str, handler: Callable[..., Any]) -> None:
@@ -349,6 +350,11 @@ class Plugin:
 
     async def on_config_reload(self, config: Any) -> None:
         """Called after ``self.config`` was swapped for a new, fully validated one."""
+
+    # MCP (docs/mcp.md): paths under this plugin that agents may not call as tools, and tools
+    # this plugin names itself (tool name -> "METHOD path"; the handler's docstring describes it).
+    mcp_exclude: frozenset[str] = frozenset()
+    mcp_tools: dict[str, str] = {}  # a class-level declaration, never mutated
 
     # Set True to have ``self.host.topology`` kept without overriding ``on_topology_change``.
     watches_topology: bool = False

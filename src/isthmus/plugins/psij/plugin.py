@@ -44,7 +44,7 @@ from .store import FINAL, JobStore
 log = logging.getLogger("isthmus.plugins.psij")
 LOCAL_OWNER = "local"
 WRAPPER = '"$@"; rc=$?; echo "$rc" > {exit_file}; exit "$rc"'
-MAX_OFFSET = 1 << 62  # beyond what a file offset holds: a larger one would crash seek(), not read nothing
+MAX_OFFSET = 1 << 62  # a sane bound for a byte offset; beyond the file's size nothing is read
 ENV_OVERRIDES = ("SBATCH_EXPORT", "SBATCH_GET_USER_ENV")
 OUTPUTS = ("stdout_path", "stderr_path")  # where the job writes: never a dot-file in $HOME
 LIST_MAX = 1000  # jobs in one list_jobs page (and the default)
@@ -401,6 +401,8 @@ class PluginPsij(Plugin):
             raise PluginError(f"offsets must be between 0 and {MAX_OFFSET}", 422)
         try:
             with open(path, "rb") as fh:
+                if offset >= os.fstat(fh.fileno()).st_size:
+                    return "", offset  # nothing new (and no seek past what the file system allows)
                 fh.seek(offset)
                 data = fh.read(self.config.output_chunk)
         except FileNotFoundError:
