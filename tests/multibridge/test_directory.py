@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,25 +15,10 @@ import redis
 from isthmus.bridge.auth import digest
 from isthmus.bridge.directory import EdgeDirectory
 from isthmus.testing.redis import RedisServer
+from tests.multibridge.conftest import eventually
 
 LEASE = 1.0  # short leases keep the expiry tests quick
 _ns = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as r:
-        yield r
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 2.0, what: str = "") -> float:
-    """Seconds until ``check()`` is true; fails after ``timeout``."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - began
 
 
 class Recorder:

@@ -7,8 +7,8 @@ took, nothing raised into publishers while Redis is gone, ownership and filters 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,23 +21,11 @@ from isthmus.bridge.events import EventBus, Filters, Subscriber, serve_events
 from isthmus.bridge.redis_events import RedisEventBus, make_event_bus
 from isthmus.testing.redis import RedisServer
 from isthmus.types import Principal, Role
+from tests.multibridge.conftest import eventually
 
 ADMIN = Principal("root", Role.admin)
 ALICE = Principal("alice", Role.user)
 BOB = Principal("bob", Role.user)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as r:
-        yield r
-
-
-@pytest.fixture
-def url(server: RedisServer) -> str:
-    with redis.Redis.from_url(server.url) as db:
-        db.flushall()
-    return server.url
 
 
 @asynccontextmanager
@@ -52,12 +40,7 @@ async def bridges(url: str, n: int = 2, **kwargs: Any) -> AsyncIterator[list[Red
             await bus.stop()
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.01)
+until = functools.partial(eventually, timeout=5.0)
 
 
 def events(sub: Subscriber) -> list[tuple[str | None, str | None, dict[str, Any]]]:

@@ -6,16 +6,14 @@ as ``isthmus token ... --redis URL`` would call them.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from typer.testing import CliRunner
 
 from isthmus.bridge import redis_tokens
@@ -24,19 +22,7 @@ from isthmus.bridge.redis_tokens import RedisTokenStore, open_token_store
 from isthmus.cli import app
 from isthmus.testing.redis import RedisServer
 from isthmus.types import Role
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as r:
-        yield r
-
-
-@pytest.fixture
-def url(server: RedisServer) -> str:
-    with redis.Redis.from_url(server.url) as db:
-        db.flushall()
-    return server.url
+from tests.multibridge.conftest import eventually
 
 
 @asynccontextmanager
@@ -51,13 +37,7 @@ async def stores(url: str, *paths: Path | None, **kwargs: Any) -> AsyncIterator[
             await store.stop()
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
+until = functools.partial(eventually, timeout=5.0)
 
 
 def cli(*args: str) -> str:

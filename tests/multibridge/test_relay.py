@@ -27,6 +27,7 @@ import uvicorn
 
 from isthmus.bridge.auth import credentials
 from isthmus.bridge.relay import Relay
+from tests.multibridge.conftest import eventually
 
 MiB = 1024 * 1024
 BIG = 50  # MiB for the streaming tests
@@ -170,14 +171,6 @@ async def two_bridges(**settings: Any) -> AsyncIterator[tuple[BridgeA, Settings,
                 yield a, config, client, relay
             finally:
                 await relay.aclose()
-
-
-async def eventually(check: Any, timeout: float = 2.0, what: str = "") -> None:
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio

@@ -143,8 +143,8 @@ class Bridge:
                 log.exception("checking for revoked tokens failed")
 
     def _shared(self) -> list[Any]:
-        """What talks to Redis (several bridges): each has start/stop, healthy and problem."""
-        return [x for x in (self.tokens, self.bus, self.directory) if hasattr(x, "healthy")]
+        """What may talk to Redis (several bridges): each has start/stop, healthy and problem."""
+        return [self.tokens, self.bus, *([self.directory] if self.directory is not None else [])]
 
     def health(self, detail: bool) -> bytes:
         """``degraded`` while Redis is unreachable (this bridge still serves its own edges);

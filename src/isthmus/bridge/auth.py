@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..types import Principal, Role
+from .standalone import Standalone
 
 TOKEN_PREFIX = "ist_"
 COOKIE_NAME = "isthmus_session"
@@ -50,7 +51,7 @@ class EdgeGrant:
         return fnmatch.fnmatchcase(name, self.pattern)
 
 
-class TokenStore:
+class TokenStore(Standalone):
     def __init__(self, path: Path | None, *, admin_token: str | None = None,
                  edge_token: str | None = None) -> None:
         self.path = path
@@ -91,23 +92,6 @@ class TokenStore:
         clients, edges = index_entries(read_entries(self.path))
         self._file_clients, self._file_edges, self._mtime = clients, edges, mtime
         return True
-
-    # -- lifecycle (a shared store polls Redis; the file store needs nothing) ----------------------
-
-    async def start(self) -> None:
-        """Start background work (none for the file store)."""
-
-    async def stop(self) -> None:
-        """Stop background work (none for the file store)."""
-
-    @property
-    def healthy(self) -> bool:
-        return True
-
-    @property
-    def problem(self) -> str | None:
-        """Why the store is not healthy (for /healthz), or None."""
-        return None
 
     def client(self, token: str | None) -> Principal | None:
         """The principal a client token stands for, or None."""

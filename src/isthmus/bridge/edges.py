@@ -127,7 +127,6 @@ class EdgeRegistry:
         self.ids = itertools.count(1)
         self.topology = TopologyIndex(bus.topology)
         self.admission = asyncio.Semaphore(ADMIT_CONCURRENCY)
-        self.admitting = 0  # connections waiting for (or in) admission: a storm in progress
         self.directory: EdgeDirectory | None = None  # several bridges: who holds which edge
         self.remote_manifests: dict[str, Any] = {}  # content hash -> manifest, of other bridges' edges
         self._background: set[asyncio.Future[Any]] = set()
@@ -270,12 +269,8 @@ class EdgeRegistry:
         peer.on_failure = failures.append
         try:
             hello = await asyncio.wait_for(self._read_hello(receive), HELLO_TIMEOUT)
-            self.admitting += 1
-            try:
-                async with self.admission:  # a storm is admitted at a steady pace, none refused
-                    edge = await self._enrol(hello, peer)
-            finally:
-                self.admitting -= 1
+            async with self.admission:  # a storm is admitted at a steady pace, none refused
+                edge = await self._enrol(hello, peer)
             hello = {}  # the decoded manifests (interned now) are not kept per connection
             if edge is None:
                 await peer.flush()

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from ..types import Principal
+from .standalone import Standalone
 
 log = logging.getLogger("isthmus.events")
 
@@ -111,7 +112,7 @@ class Subscriber:
         return parts
 
 
-class EventBus:
+class EventBus(Standalone):
     def __init__(self, ring_size: int = RING_SIZE, queue_size: int = QUEUE_BYTES,
                  ring_bytes: int = RING_BYTES) -> None:
         self._ring: deque[Event] = deque(maxlen=ring_size)
@@ -166,22 +167,7 @@ class EventBus:
     def subscriber_list(self) -> list[Subscriber]:
         return list(self._subs)
 
-    # -- the calls a shared bus needs too (nothing to do here) ------------------------------------
-
-    async def start(self) -> None:
-        """Start background work (none for the in-memory bus)."""
-
-    async def stop(self) -> None:
-        """Stop background work (none for the in-memory bus)."""
-
-    @property
-    def healthy(self) -> bool:
-        return True
-
-    @property
-    def problem(self) -> str | None:
-        """Why the bus is not healthy (for /healthz), or None."""
-        return None
+    # -- what a shared bus does differently ---------------------------------------------------------
 
     async def open(self, principal: Principal, filters: Filters, last_event_id: str | None,
                    credential: str | None = None) -> Subscriber:

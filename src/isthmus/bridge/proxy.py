@@ -38,7 +38,10 @@ async def respond(send: Any, status: int, detail: Any, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
-def _request_headers(scope: dict[str, Any]) -> tuple[list[list[bytes]], int | None, bool, float | None]:
+def request_headers(scope: dict[str, Any], drop: frozenset[bytes] = HOP_BY_HOP,
+                    ) -> tuple[list[list[bytes]], int | None, bool, float | None]:
+    """(the headers to pass on, content-length (-1: malformed), chunked, the asked deadline);
+    shared by the proxy and the bridge-to-bridge relay, each with its own ``drop`` set."""
     forwarded: list[list[bytes]] = []
     length: int | None = None
     chunked = False
@@ -56,7 +59,7 @@ def _request_headers(scope: dict[str, Any]) -> tuple[list[list[bytes]], int | No
                 deadline = min(float(value), MAX_DEADLINE)
             except ValueError:
                 deadline = None
-        if key not in HOP_BY_HOP:
+        if key not in drop:
             forwarded.append([key, value])
     return forwarded, length, chunked, deadline
 
@@ -64,7 +67,7 @@ def _request_headers(scope: dict[str, Any]) -> tuple[list[list[bytes]], int | No
 async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any, send: Any,
                   principal: Principal, *, rid: int, max_body: int, deadline: float) -> None:
     """Forward one request to ``edge`` as a call and relay its answer."""
-    headers, length, chunked, asked_deadline = _request_headers(scope)
+    headers, length, chunked, asked_deadline = request_headers(scope)
     if asked_deadline is not None and asked_deadline > 0:
         deadline = asked_deadline
     if length is not None and (length < 0 or length > max_body):

@@ -232,7 +232,8 @@ async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float = 1.0, tries:
             log.error("%s did not stop", task.get_name())
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A Redis error in one short line (for logs and /healthz)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:160]
 
@@ -385,14 +386,14 @@ class RedisEventBus(EventBus):
                 raise
             except (RedisError, OSError) as exc:
                 if self._write_problem is None:
-                    log.warning("events: cannot publish to Redis (%s); buffering", _describe(exc))
-                self._write_problem = f"cannot publish to Redis ({_describe(exc)})"
+                    log.warning("events: cannot publish to Redis (%s); buffering", describe_error(exc))
+                self._write_problem = f"cannot publish to Redis ({describe_error(exc)})"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             except Exception as exc:  # a bug must not end this bridge's events for good
                 log.exception("events: publishing to the stream failed")
-                self._write_problem = f"publishing failed ({_describe(exc)})"
+                self._write_problem = f"publishing failed ({describe_error(exc)})"
                 await asyncio.sleep(RETRY_MAX)
                 continue
             if self._write_problem is not None:
@@ -451,14 +452,14 @@ class RedisEventBus(EventBus):
                 raise
             except (RedisError, OSError) as exc:
                 if self._read_problem is None:
-                    log.warning("events: cannot read from Redis (%s); reconnecting", _describe(exc))
-                self._read_problem = f"cannot read from Redis ({_describe(exc)})"
+                    log.warning("events: cannot read from Redis (%s); reconnecting", describe_error(exc))
+                self._read_problem = f"cannot read from Redis ({describe_error(exc)})"
                 placed = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
             except Exception as exc:  # a bug must not end this bridge's events for good
                 log.exception("events: reading the stream failed")
-                self._read_problem = f"reading the stream failed ({_describe(exc)})"
+                self._read_problem = f"reading the stream failed ({describe_error(exc)})"
                 placed = False
                 await asyncio.sleep(RETRY_MAX)
 
@@ -566,7 +567,7 @@ class RedisEventBus(EventBus):
             async with self._replay_slots:
                 after = await asyncio.wait_for(self._replay(sub, last), REPLAY_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.info("events: replay after %s failed (%s)", last_event_id, _describe(exc))
+            log.info("events: replay after %s failed (%s)", last_event_id, describe_error(exc))
             sub.push(_gap(None, NO_REPLAY))
         except BaseException:
             self.unsubscribe(sub)

@@ -44,7 +44,7 @@ from redis.retry import Retry
 
 from . import auth
 from .auth import TokenStore, index_entries, new_entry
-from .redis_events import stop_tasks
+from .redis_events import describe_error, stop_tasks
 
 log = logging.getLogger("isthmus.auth")
 
@@ -103,11 +103,6 @@ def open_token_store(path: Path | None, *, admin_token: str | None = None, edge_
     if not redis_url:
         return TokenStore(path, admin_token=admin_token, edge_token=edge_token)
     return RedisTokenStore(path, redis_url=redis_url, admin_token=admin_token, edge_token=edge_token)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:160]
 
 
 def _decode(raw: dict[Any, Any]) -> dict[str, dict[str, Any]]:
@@ -186,7 +181,7 @@ class RedisTokenStore(TokenStore):
             await asyncio.wait_for(self._sync(), START_WAIT)
             self._problem = None
         except (RedisError, OSError, TimeoutError, ValueError) as exc:
-            self._problem = f"cannot read the shared tokens from Redis ({_describe(exc)})"
+            self._problem = f"cannot read the shared tokens from Redis ({describe_error(exc)})"
             log.warning("tokens: %s; serving the local token file's tokens until it answers", self._problem)
         self._changed = False  # what start() loaded is the starting point, not a change
         self._task = asyncio.create_task(self._run(), name="tokens-redis")
@@ -212,13 +207,13 @@ class RedisTokenStore(TokenStore):
             except (RedisError, OSError, ValueError) as exc:
                 if self._problem is None:
                     log.warning("tokens: cannot read the shared tokens from Redis (%s); serving the last "
-                                "ones loaded", _describe(exc))
-                self._problem = f"cannot read the shared tokens from Redis ({_describe(exc)})"
+                                "ones loaded", describe_error(exc))
+                self._problem = f"cannot read the shared tokens from Redis ({describe_error(exc)})"
                 delay = min(max(delay * 2, self.poll), RETRY_MAX)
                 continue
             except Exception as exc:  # a bug must not freeze this bridge's tokens for good
                 log.exception("tokens: reloading the shared tokens failed")
-                self._problem = f"reloading the shared tokens failed ({_describe(exc)})"
+                self._problem = f"reloading the shared tokens failed ({describe_error(exc)})"
                 delay = RETRY_MAX
                 continue
             if self._problem is not None:

@@ -51,7 +51,7 @@ from urllib.parse import quote_from_bytes
 
 import httpx
 
-from .proxy import MAX_DEADLINE, respond
+from .proxy import request_headers, respond
 
 log = logging.getLogger("isthmus.bridge.relay")
 
@@ -281,28 +281,9 @@ class Relay:
 
     def _request_headers(self, scope: dict[str, Any], token: str,
                          ) -> tuple[list[tuple[bytes, bytes]], int | None, bool, float | None]:
-        out: list[tuple[bytes, bytes]] = []
-        length: int | None = None
-        chunked = False
-        asked: float | None = None
-        forwarded: list[bytes] = []
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-            elif key == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif key == DEADLINE:
-                try:
-                    asked = min(float(value), MAX_DEADLINE)
-                except ValueError:
-                    asked = None
-            elif key == b"x-forwarded-for":
-                forwarded.append(value)
-            if key not in REQUEST_DROP:
-                out.append((key, value))
+        kept, length, chunked, asked = request_headers(scope, REQUEST_DROP)
+        out = [(key, value) for key, value in kept]
+        forwarded = [value for key, value in scope["headers"] if key == b"x-forwarded-for"]
         client = scope.get("client")
         if client:
             forwarded.append(str(client[0]).encode())

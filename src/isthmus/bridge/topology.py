@@ -16,8 +16,9 @@ import asyncio
 import bisect
 import fnmatch
 import hashlib
+import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -81,9 +82,6 @@ class ManifestCache:
                 del self._by_key[key]
             else:
                 self._by_key[key] = (entry[0], entry[1] - 1)
-
-    def __len__(self) -> int:
-        return len(self._by_key)
 
 
 class TopologyIndex:
@@ -211,7 +209,7 @@ class TopologyIndex:
                 out["bridge"] = local
         start = 0 if after is None else bisect.bisect_right(self.names, after)
         last: str | None = None
-        for edge_name in self._from(start):
+        for edge_name in itertools.islice(self.names, start, None):
             if name is not None and not fnmatch.fnmatchcase(edge_name, name):
                 continue
             member = self.members[edge_name]
@@ -223,11 +221,6 @@ class TopologyIndex:
             out[edge_name] = entry
             last = edge_name
         return out, None
-
-    def _from(self, start: int) -> Iterator[str]:
-        names = self.names
-        for i in range(start, len(names)):
-            yield names[i]
 
     @staticmethod
     def _matches(edge_name: str, entry: dict[str, Any], plugin: str | None, name: str | None) -> bool:

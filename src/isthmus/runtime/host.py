@@ -96,7 +96,7 @@ class PluginHost:
         self.view = TopologyView()  # edges' summaries, kept from the bridge's deltas (when watched)
         self.topology_requester: Any = None  # async callable() set by the edge service: start watching
         self._topology_ready = asyncio.Event()
-        self._topology_pending: dict[str, Any] | None = None
+        self._topology_changed = False  # since the hooks last took the view
         self._topology_task: asyncio.Future[None] | None = None
         self._requested = requested
         self._reload_lock = asyncio.Lock()
@@ -274,7 +274,7 @@ class PluginHost:
             return
         if self.view.complete:
             self._topology_ready.set()
-        self._topology_pending = self.view.edges
+        self._topology_changed = True
         if self._topology_task is None or self._topology_task.done():
             self._topology_task = asyncio.ensure_future(self._run_topology_hooks())
 
@@ -284,8 +284,9 @@ class PluginHost:
         self._topology_ready.clear()
 
     async def _run_topology_hooks(self) -> None:
-        while self._topology_pending is not None:
-            edges, self._topology_pending = dict(self._topology_pending), None
+        while self._topology_changed:
+            self._topology_changed = False
+            edges = dict(self.view.edges)
             for plugin in self.active():
                 try:
                     await plugin.on_topology_change(edges)
