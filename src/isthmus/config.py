@@ -46,9 +46,9 @@ ENV_PREFIX = "ISTHMUS_PLUGINS__"
 ENABLED_KEY = "enabled"
 APP_ENV_PREFIX = "ISTHMUS_"
 ENV_DELIMITER = "__"
-ENV_SECTIONS = ("bridge", "edge")  # the isthmus.yaml sections the environment may override
+ENV_SECTIONS = ("bridge", "edge", "auth")  # the isthmus.yaml sections the environment may override
 INTERNAL_FIELDS = frozenset({"path"})  # AppConfig fields that are not keys of the file
-SECTIONS = frozenset({"bridge", "edge", "plugins"})  # the mappings of isthmus.yaml
+SECTIONS = frozenset({"bridge", "edge", "auth", "plugins"})  # the mappings of isthmus.yaml
 ENV_ORIGIN = "env"  # the origin of plugin values set by ISTHMUS_PLUGINS__<ID>__<FIELD>
 DEFAULT_ORIGIN = "default"
 
@@ -88,6 +88,41 @@ class BridgeConfig(BaseModel):
     # How the other bridges reach this one (relayed requests); default http(s)://host:port.
     advertise_url: str | None = Field(default=None, pattern=r"^https?://")
     bridge_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # default: host:port:random
+    # Accountability (operations.md, "Audit, metrics, rate limits").
+    audit_log: Path | None = None  # default <state_dir>/audit.log; "-" turns auditing off
+    audit_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)  # rotate past this size
+    audit_backups: int = Field(default=10, ge=0)  # rotated files kept (audit.log.1 ... .N)
+    metrics: bool = True  # /metrics (role viewer or metrics)
+    rate_limit: float = Field(default=200.0, ge=0)  # requests per second per principal; 0: no limit
+    rate_burst: int = Field(default=1000, ge=1)  # requests a principal may send at once
+    login_failures: int = Field(default=20, ge=0)  # bad credentials per address per minute, then 429; 0: no limit
+
+
+class OidcConfig(BaseModel):
+    """``auth.oidc``: accept access tokens (JWT) from one OpenID Connect issuer (operations.md, "OIDC")."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    issuer: str = Field(pattern=r"^https?://")  # discovery at <issuer>/.well-known/openid-configuration
+    client_id: str = Field(min_length=1)  # the Explorer's client (authorization code + PKCE)
+    client_secret_file: Path | None = None  # a confidential client's secret (mode 600); none: public client
+    audience: str = Field(min_length=1)  # the `aud` access tokens must carry (also sent as `resource`)
+    roles_claim: str = "groups"  # a claim holding a string or a list of strings
+    role_map: dict[str, Literal["viewer", "user", "admin", "metrics"]] = Field(default_factory=dict)
+    default_role: Literal["viewer", "user", "admin", "metrics"] | None = None  # none: no mapped role → 403
+    name_claim: str = "preferred_username"
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "offline_access"])
+    redirect_url: str | None = Field(default=None, pattern=r"^https?://")  # default: <bridge>/auth/oidc/callback
+    leeway: float = Field(default=30.0, ge=0, le=300)  # clock skew allowed on exp/nbf/iat, seconds
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+
+
+class AuthConfig(BaseModel):
+    """The ``auth:`` section: identity beside the API tokens."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    oidc: OidcConfig | None = None
 
 
 class EdgeConfig(BaseModel):
@@ -134,6 +169,7 @@ class AppConfig(BaseSettings):
     tokens_file: Path | None = None
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     # Not in the file: where it was read from.
     path: Path | None = Field(default=None, exclude=True)

@@ -15,6 +15,7 @@ NotifyFn = Callable[[str, Any], None]
 class Role(IntEnum):
     """Client roles, ordered: a higher role can do everything a lower one can."""
 
+    metrics = 0  # scrapes /metrics (and edges' /_edge/metrics) and nothing else
     viewer = 1  # GET/HEAD only
     user = 2  # plugins, any method
     admin = 3  # plus edge disconnect, bridge terminate, plugin config
@@ -26,7 +27,7 @@ class Role(IntEnum):
         try:
             return cls[value]
         except KeyError:
-            raise ValueError(f"unknown role {value!r}; expected one of viewer, user, admin") from None
+            raise ValueError(f"unknown role {value!r}; expected one of viewer, user, admin, metrics") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,15 @@ from urllib.parse import urlsplit
 
 import typer
 
-from .config import AppConfig, load_app_config
-from .errors import ConfigError
+from ..config import AppConfig, load_app_config
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import uvicorn
 
-    from .bridge.app import Bridge
-    from .edge.service import EdgeService
-    from .runtime.host import PluginHost
+    from ..bridge.app import Bridge
+    from ..edge.service import EdgeService
+    from ..runtime.host import PluginHost
 
 app = typer.Typer(help="Isthmus: reach HPC clusters from anywhere.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -120,8 +120,8 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
                     level: str, loop: str) -> Any:
     import uvicorn
 
-    from .bridge import server
-    from .wire.protocol import MAX_MESSAGE
+    from ..bridge import server
+    from ..wire.protocol import MAX_MESSAGE
 
     settings = bridge.settings
     server.LIMITS.max_header_bytes = settings.max_header_bytes
@@ -148,8 +148,8 @@ def make_bridge(app_config: AppConfig, *, admin_token: str | None, edge_token: s
 
     Raises ConfigError naming the flag whose value does not fit.
     """
-    from .bridge.app import Bridge, tokens_path
-    from .bridge.redis_tokens import open_token_store
+    from ..bridge.app import Bridge, tokens_path
+    from ..bridge.redis_tokens import open_token_store
 
     settings = app_config.bridge_settings(host=host, port=port, tls=True if tls else None,
                                           request_timeout=request_timeout, max_body=max_body, redis=redis,
@@ -286,9 +286,9 @@ def _ws_url(url: str, allow_insecure_http: bool) -> str:
 def build_edge(app_config: AppConfig, name: str, bridge_url: str | list[str], token: str | None,
                plugins: list[str] | None, *, ca_file: str | None = None,
                overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Any]:
-    from . import schedulers
-    from .edge.service import EdgeService
-    from .runtime.host import PluginHost
+    from .. import schedulers
+    from ..edge.service import EdgeService
+    from ..runtime.host import PluginHost
 
     schedulers.force(app_config.scheduler)
     host = PluginHost(app_config, plugins, name=name, overrides=overrides)
@@ -298,7 +298,7 @@ def build_edge(app_config: AppConfig, name: str, bridge_url: str | list[str], to
 
 
 async def _edge_main(host: PluginHost, service: EdgeService, watch: list[Path]) -> None:
-    from .edge.service import run_edge
+    from ..edge.service import run_edge
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -431,7 +431,7 @@ async def _demo_main(the_bridge: Bridge, edge_host: PluginHost, service: EdgeSer
                      url: str, token: str, level: str) -> None:
     import uvicorn
 
-    from .edge.service import run_edge
+    from ..edge.service import run_edge
 
     _reload_on_sighup(the_bridge.local, edge_host)
     server = uvicorn.Server(_uvicorn_config(the_bridge, host, port, None, None, level, "asyncio"))
@@ -494,8 +494,8 @@ def token_create(
 ) -> None:
     """Create a token; it is printed once and stored only as a hash (in the token file, or
     with --redis in the store that bridges share)."""
-    from .bridge.app import tokens_path
-    from .bridge.auth import create_token
+    from ..bridge.app import tokens_path
+    from ..bridge.auth import create_token
 
     if role not in ("viewer", "user", "admin", "edge"):
         typer.echo("error: --role must be viewer, user, admin or edge", err=True)
@@ -505,7 +505,7 @@ def token_create(
     if url:
         from redis.exceptions import RedisError
 
-        from .bridge import redis_tokens
+        from ..bridge import redis_tokens
 
         try:
             token, entry = redis_tokens.create_token(url, role, name=name, edge=edge, principal=principal)
@@ -528,15 +528,15 @@ def token_list(
 ) -> None:
     """List tokens (ids, names, roles; never the tokens themselves), of the token file or,
     with --redis, of the store that bridges share."""
-    from .bridge.app import tokens_path
-    from .bridge.auth import read_entries
+    from ..bridge.app import tokens_path
+    from ..bridge.auth import read_entries
 
     app_config = _config(config)
     url = _token_redis(redis, app_config)
     if url:
         from redis.exceptions import RedisError
 
-        from .bridge import redis_tokens
+        from ..bridge import redis_tokens
 
         try:
             entries = redis_tokens.read_entries(url)
@@ -561,15 +561,15 @@ def token_revoke(
 ) -> None:
     """Revoke a token; a running bridge notices within a second (with --redis: every bridge
     that shares the store)."""
-    from .bridge.app import tokens_path
-    from .bridge.auth import revoke_token
+    from ..bridge.app import tokens_path
+    from ..bridge.auth import revoke_token
 
     app_config = _config(config)
     url = _token_redis(redis, app_config)
     if url:
         from redis.exceptions import RedisError
 
-        from .bridge import redis_tokens
+        from ..bridge import redis_tokens
 
         try:
             found = redis_tokens.revoke_token(url, token_id)
@@ -607,8 +607,8 @@ def cp(
     """Copy a file to or from an edge, streamed and checked with SHA-256 (edge:path names the remote side)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from . import BridgeClient, ClientError
-    from .plugins.staging.client import StagingClient
+    from .. import BridgeClient, ClientError
+    from ..plugins.staging.client import StagingClient
 
     remote_src, remote_dst = _remote(src), _remote(dst)
     if (remote_src is None) == (remote_dst is None):
@@ -649,7 +649,7 @@ def mcp_cmd(
     log_level: Annotated[str, typer.Option(help="Log level (logs go to stderr).")] = "warning",
 ) -> None:
     """Serve the bridge's tools to an AI assistant over MCP on stdio, with your token's rights (docs/mcp.md)."""
-    from .mcp.stdio import run
+    from ..mcp.stdio import run
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr)
     token = take_secret("ISTHMUS_TOKEN", token_file)
@@ -664,7 +664,7 @@ def mcp_cmd(
 @app.command("plugins")
 def plugins_cmd(config: ConfigOpt = None) -> None:
     """List installed plugins and whether this configuration enables them (imports none)."""
-    from .runtime.host import select_plugins
+    from ..runtime.host import select_plugins
 
     for pid, spec, enabled in select_plugins(_config(config), None):
         typer.echo(f"{pid}\t{'enabled' if enabled else 'disabled'}\t{spec}")
