@@ -17,6 +17,11 @@ class PluginFlood(Plugin):
     def __init__(self, app: Any = None, instance_name: str | None = None) -> None:
         super().__init__(app, instance_name)
         self.add_route_post("go", self.go)
+        self.add_route_post("noop", self.noop)
+
+    async def noop(self, request: Request) -> dict[str, Any]:
+        """A state-changing call that does nothing: what the audit log costs per write."""
+        return {"ok": True}
 
     async def go(self, request: Request) -> dict[str, Any]:
         n = int(request.query_params.get("n", "1000"))

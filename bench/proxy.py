@@ -4,7 +4,9 @@
   beside the same route on a bare single-worker FastAPI app measured in the same run;
 * throughput: wrk at 32 and 128 keep-alive connections, both targets;
 * events: delivery rate of edge notifications to 1 and 10 SSE clients;
-* memory: bridge RSS before and after flooding a client that never reads.
+* memory: bridge RSS before and after flooding a client that never reads;
+* accountability: the same proxied GET and an audited POST with metrics, audit log and rate
+  limits on (the defaults) next to all three off, alternating runs of two stacks (issue #13).
 
 Run: .venv/bin/python bench/proxy.py [--quick]
 """
@@ -20,9 +22,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -66,10 +70,12 @@ def raw_latency(port: int, token: str | None, n: int) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(times), 3)}
 
 
-def wrk(url: str, token: str | None, connections: int, seconds: int) -> float:
+def wrk(url: str, token: str | None, connections: int, seconds: int, script: str | None = None) -> float:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
     if token:
         cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    if script:
+        cmd[1:1] = ["-s", script]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -147,9 +153,43 @@ def memory_under_stalled_client(stack: Stack, n: int) -> dict[str, float]:
             "growth_mb": round((after - before) / 2**20, 1)}
 
 
+POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
+
+
+def accountability(seconds: int, n_seq: int) -> dict[str, Any]:
+    """Metrics + audit + rate limits on (defaults) vs off: proxied GET and audited POST, alternated."""
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    off = {"bridge": {"metrics": False, "audit_log": "-", "rate_limit": 0, "login_failures": 0}}
+    # on: the defaults, with the per-principal limit raised past what one wrk client sends, so its
+    # bookkeeping is measured without refusals
+    on = {"bridge": {"rate_limit": 1_000_000}}
+    runs: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        lua = Path(tmp) / "post.lua"
+        lua.write_text(POST_LUA)
+        with Stack(plugins=["sysinfo", "benchplugins:PluginFlood"], env=env, config=on) as on_stack, \
+                Stack(plugins=["sysinfo", "benchplugins:PluginFlood"], env=env, config=off) as off_stack:
+            for _round in range(3):
+                for name, stack in (("off", off_stack), ("on", on_stack)):
+                    r = runs[name]
+                    r.setdefault("get_rps_32", []).append(wrk(f"{stack.url}{PATH}", stack.admin_token, 32, seconds))
+                    r.setdefault("post_rps_32", []).append(
+                        wrk(f"{stack.url}/test/flood/noop", stack.admin_token, 32, seconds, str(lua)))
+                    r.setdefault("get_p50_ms", []).append(raw_latency(stack.port, stack.admin_token, n_seq)["p50_ms"])
+            assert on_stack.workdir is not None
+            audit = on_stack.workdir / "state" / "isthmus" / "audit.log"
+            audit_lines = sum(1 for _ in audit.open("rb")) if audit.exists() else 0
+    best = {name: {k: (max(v) if "rps" in k else min(v)) for k, v in r.items()} for name, r in runs.items()}
+    return {"runs": runs, "best": best, "audit_lines_written": audit_lines,
+            "get_rps_on_vs_off": round(best["on"]["get_rps_32"] / best["off"]["get_rps_32"], 2),
+            "post_rps_on_vs_off": round(best["on"]["post_rps_32"] / best["off"]["post_rps_32"], 2),
+            "p50_on_minus_off_ms": round(best["on"]["get_p50_ms"] - best["off"]["get_p50_ms"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test of the benchmark)")
+    parser.add_argument("--only", choices=["accountability"], help="run one part only")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
     n_seq = 500 if args.quick else 3000
@@ -157,6 +197,10 @@ def main() -> None:
         sys.exit("wrk is not installed: run `make system-deps` as root (Debian package wrk)")
 
     result: dict = {"machine": {"cpus": os.cpu_count()}, "path": PATH}
+    if args.only == "accountability":
+        result["accountability"] = accountability(seconds, n_seq)
+        print(json.dumps(result, indent=2))
+        return
     port = free_port()
     bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--workers", "1",
                              "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
@@ -171,7 +215,9 @@ def main() -> None:
         bare.wait(10)
 
     env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    with Stack(plugins=["sysinfo", "benchplugins:PluginFlood"], env=env) as stack:
+    # one client at full speed: the per-principal rate limit (1,000/s by default) is lifted
+    with Stack(plugins=["sysinfo", "benchplugins:PluginFlood"], env=env,
+               config={"bridge": {"rate_limit": 1_000_000}}) as stack:
         url = f"{stack.url}{PATH}"
         result["isthmus"] = {"latency": raw_latency(stack.port, stack.admin_token, n_seq),
                              "rps_32": wrk(url, stack.admin_token, 32, seconds),
@@ -189,6 +235,7 @@ def main() -> None:
         # RADICAL Edge bridge→edge→plugin measured on these machines: 1,300-1,830 rps at 32 connections
         "rps_32_vs_radical_edge_best": round(i["rps_32"] / 1830, 2),
     }
+    result["accountability"] = accountability(seconds, n_seq)
     print(json.dumps(result, indent=2))
 
 

@@ -93,8 +93,8 @@ class BridgeConfig(BaseModel):
     audit_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)  # rotate past this size
     audit_backups: int = Field(default=10, ge=0)  # rotated files kept (audit.log.1 ... .N)
     metrics: bool = True  # /metrics (role viewer or metrics)
-    rate_limit: float = Field(default=200.0, ge=0)  # requests per second per principal; 0: no limit
-    rate_burst: int = Field(default=1000, ge=1)  # requests a principal may send at once
+    rate_limit: float = Field(default=1000.0, ge=0)  # requests per second per principal; 0: no limit
+    rate_burst: int = Field(default=5000, ge=1)  # requests a principal may send at once
     login_failures: int = Field(default=20, ge=0)  # bad credentials per address per minute, then 429; 0: no limit
 
 
@@ -115,6 +115,7 @@ class OidcConfig(BaseModel):
     redirect_url: str | None = Field(default=None, pattern=r"^https?://")  # default: <bridge>/auth/oidc/callback
     leeway: float = Field(default=30.0, ge=0, le=300)  # clock skew allowed on exp/nbf/iat, seconds
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    label: str | None = Field(default=None, max_length=64)  # the Explorer's "Log in with <label>"; default: host
 
 
 class AuthConfig(BaseModel):

@@ -1,4 +1,5 @@
-"""Tokens shared through Redis: made once, seen by every bridge, revoked everywhere within a second.
+"""Tokens shared through Redis: made once, seen by every bridge, revoked everywhere within a second,
+expired everywhere at their time, and last used as the latest of what every bridge saw.
 
 Two RedisTokenStores on one real redis-server are two bridges; the CLI functions are called
 as ``isthmus token ... --redis URL`` would call them.
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from isthmus.bridge import redis_tokens
@@ -58,9 +61,9 @@ async def test_a_token_made_with_the_cli_works_on_every_bridge_and_its_revocatio
         assert principal is not None and principal.role is Role.user and a.client(token) == principal
         a.refresh()
         b.refresh()
-        listed = cli("list", "--redis", url)
-        token_id = listed.split("\t")[0]
-        assert "\tuser\talice\tactive" in listed
+        [listed] = json.loads(cli("list", "--json", "--redis", url))["tokens"]
+        token_id = listed["id"]
+        assert (listed["role"], listed["name"], listed["state"]) == ("user", "alice", "active")
         assert not (tmp_path / "b.json").exists()  # the file was not touched
 
         cli("revoke", token_id, "--redis", url)
@@ -175,3 +178,71 @@ def test_cli_without_a_store_reports_it_and_revoking_an_unknown_id_fails(url: st
     result = runner.invoke(app, ["token", "list"], env={"ISTHMUS_REDIS": url})
     assert result.exit_code == 0
     assert "--redis" in runner.invoke(app, ["token", "create", "--help"]).output
+
+
+@pytest.mark.asyncio
+async def test_an_expiring_token_stops_working_on_every_bridge_at_once(url: str) -> None:
+    client_token = cli("create", "--role", "viewer", "--expires", "3s", "--redis", url).strip()
+    edge_token, _ = redis_tokens.create_token(url, "edge", edge="hpc*", lifetime=3)
+    lasting, _ = redis_tokens.create_token(url, "user")
+    async with stores(url, None, None) as (a, b):
+        for store in (a, b):
+            assert store.client(client_token) is not None and store.edge_allowed(edge_token, "hpc1")
+            assert not store.refresh()
+        [listed] = [t for t in json.loads(cli("list", "--json", "--redis", url))["tokens"]
+                    if t["role"] == "viewer"]
+        assert listed["state"] == "active" and 0 < listed["expires"] - time.time() <= 3
+
+        noticed: set[int] = set()
+
+        def both() -> bool:  # no change in Redis: each store's own clock says so, once
+            noticed.update(i for i, store in enumerate((a, b)) if store.refresh())
+            return len(noticed) == 2
+
+        await until(both, timeout=5.0)
+        for store in (a, b):
+            assert store.client(client_token) is None
+            assert not store.edge_allowed(edge_token, "hpc1")
+            assert not store.edge_allowed_digest(digest(edge_token), "hpc1")
+            assert store.client(lasting) is not None
+            assert not store.refresh()  # once per expiry
+        states = {t["role"]: t["state"] for t in json.loads(cli("list", "--json", "--redis", url))["tokens"]}
+        assert states == {"viewer": "expired", "edge": "expired", "user": "active"}
+        assert "expired" in cli("list", "--redis", url)
+
+
+@pytest.mark.asyncio
+async def test_last_used_is_recorded_in_redis_by_every_bridge_and_the_later_time_wins(url: str) -> None:
+    user, user_entry = redis_tokens.create_token(url, "user")
+    edge, edge_entry = redis_tokens.create_token(url, "edge")
+    _idle, idle_entry = redis_tokens.create_token(url, "viewer")
+    before = int(time.time())
+    async with stores(url, None, None, flush_every=0.1) as (a, b):
+        assert a.client(user) is not None and b.edge_allowed(edge, "hpc1")
+        await until(lambda: len(redis_tokens.read_last_used(url)) == 2, timeout=3.0)
+        used = redis_tokens.read_last_used(url)
+        assert set(used) == {user_entry["id"], edge_entry["id"]}
+        assert all(before <= t <= time.time() for t in used.values())
+
+        # A bridge that saw an older use never moves a newer time back.
+        later = int(time.time()) + 1000
+        with redis.Redis.from_url(url) as db:
+            db.hset(redis_tokens.USED, user_entry["id"], later)
+        assert b.client(user) is not None
+        await b.flush_used()
+        assert redis_tokens.read_last_used(url)[user_entry["id"]] == later
+
+    rows = {t["id"]: t for t in json.loads(cli("list", "--json", "--redis", url))["tokens"]}
+    assert rows[user_entry["id"]]["last_used"] == later and rows[idle_entry["id"]]["last_used"] is None
+    assert rows[edge_entry["id"]]["last_used"] == used[edge_entry["id"]]
+    table = cli("list", "--redis", url)
+    assert "LAST USED" in table and ("ago" in table or "just now" in table)
+
+
+@pytest.mark.asyncio
+async def test_stopping_a_bridge_writes_the_uses_it_has_not_written_yet(url: str) -> None:
+    token, entry = redis_tokens.create_token(url, "admin")
+    async with stores(url, None, flush_every=3600) as (a,):
+        assert a.client(token) is not None
+        assert redis_tokens.read_last_used(url) == {}  # not before the flush
+    assert entry["id"] in redis_tokens.read_last_used(url)

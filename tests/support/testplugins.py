@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class PluginProbe(Plugin):
         self.add_route_get("query", self.query)
         self.add_route_get("topology", self.topology)
         self.add_route_post("thread_notify", self.thread_notify)
+        self.add_route_get("request_id", self.request_id)
         self.seen_topology: list[list[str]] = []
 
     async def sleep(self, request: Request) -> dict[str, Any]:
@@ -101,6 +103,11 @@ class PluginProbe(Plugin):
         t.start()
         t.join()
         return {"ok": True}
+
+    async def request_id(self, request: Request) -> dict[str, Any]:
+        """The bridge's request id as plugins see it; also logged, to find it in the edge's log."""
+        logging.getLogger("testplugins.probe").warning("probe saw this request")
+        return {"request_id": request.state.request_id}
 
     async def query(self, request: Request) -> dict[str, Any]:
         return {"query": str(request.query_params), "path": request.url.path,

@@ -29,6 +29,9 @@ OLD_BRIDGE_SETTINGS: dict[str, Any] = {
     "body_timeout": 30.0, "idle_timeout": 30, "preauth_per_address": 256,
     # several bridges (#12): all off by default
     "redis": None, "advertise_url": None, "bridge_id": None,
+    # accountability (#13): audit log at <state_dir>/audit.log, metrics on, generous rate limits
+    "audit_log": None, "audit_max_bytes": 64 * 1024 * 1024, "audit_backups": 10, "metrics": True,
+    "rate_limit": 1000.0, "rate_burst": 5000, "login_failures": 20,
 }
 
 
@@ -74,7 +77,7 @@ def test_bridge_section_from_the_file_is_typed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("data", "key", "known"), [
-    ({"bridge": {"request_timeout": 5, "foo": 1}}, "bridge.foo", "advertise_url, body_timeout, bridge_id"),
+    ({"bridge": {"request_timeout": 5, "foo": 1}}, "bridge.foo", "advertise_url, audit_backups, audit_log"),
     ({"edge": {"watch": True}}, "edge.watch", "watch_config"),
     ({"bridgee": {}}, "bridgee", "bridge, edge, plugins, scheduler, state_dir, tokens_file"),
     ({"path": "/elsewhere"}, "path", "bridge, edge"),

@@ -102,18 +102,63 @@ def build_api(bridge: Bridge) -> FastAPI:
         bridge.request_exit()
         return {"status": "terminating"}
 
+    menu_cache: dict[str, Any] = {}
+
     @api.get("/menu")
     async def menu(request: Request) -> dict[str, Any]:
-        """All edges' menu sections merged, lower ``order`` first."""
+        """Menu sections merged across plugins and edges, lower ``order`` first.
+
+        Sections with the same ``id`` are one section; an item is one per (plugin, item id),
+        with the first edge (by name) that offers it in ``edge`` and how many do in ``edges``.
+        Work is per distinct manifest (the index interns them), not per edge, and the answer
+        is kept until the topology's version changes.
+        """
         principal_of(request)
-        sections = []
-        edges, _ = bridge.edges.topology.page(limit=PAGE_MAX)
-        for edge, info in edges.items():
-            for plugin, manifest in (info.get("plugins") or {}).items():
-                for section in manifest.get("menu") or []:
-                    sections.append({**section, "edge": edge, "plugin": plugin})
-        sections.sort(key=lambda s: (s.get("order", 100), s.get("edge", ""), s.get("id", "")))
-        return {"sections": sections}
+        index = bridge.edges.topology
+        index.flush()
+        local = index.local()
+        local_menus = [(pid, m.get("menu")) for pid, m in local.items()]
+        if menu_cache.get("version") == index.version and menu_cache.get("local") == local_menus:
+            return menu_cache["answer"]  # type: ignore[no-any-return]
+        # distinct manifest (by identity) -> [plugin, its manifest, first edge, number of edges]
+        distinct: dict[int, list[Any]] = {}
+
+        def count(edge: str, plugins: dict[str, Any]) -> None:
+            for pid, manifest in plugins.items():
+                if not isinstance(manifest, dict) or not manifest.get("menu"):
+                    continue
+                entry = distinct.get(id(manifest))
+                if entry is None:
+                    distinct[id(manifest)] = [pid, manifest, edge, 1]
+                else:
+                    entry[3] += 1
+
+        count("bridge", local)
+        for name in index.names:
+            count(name, index.members[name].describe().get("plugins") or {})
+        sections: dict[str, dict[str, Any]] = {}
+        items: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for pid, manifest, edge, edges in distinct.values():
+            for section in manifest["menu"]:
+                merged = sections.setdefault(section["id"], {
+                    **{k: v for k, v in section.items() if k != "items"}, "edge": edge, "plugin": pid,
+                    "plugins": [], "items": []})
+                if pid not in merged["plugins"]:
+                    merged["plugins"].append(pid)
+                merged["order"] = min(merged.get("order", 100), section.get("order", 100))
+                for item in section.get("items") or []:
+                    key = (section["id"], pid, item["id"])
+                    known = items.get(key)
+                    if known is None:
+                        items[key] = known = {**item, "plugin": pid, "edge": edge, "edges": 0}
+                        merged["items"].append(known)
+                    elif edge < known["edge"]:
+                        known["edge"] = edge
+                    known["edges"] += edges
+        ordered = sorted(sections.values(), key=lambda s: (s.get("order", 100), s.get("id", "")))
+        answer = {"sections": ordered}
+        menu_cache.update(version=index.version, local=local_menus, answer=answer)
+        return answer
 
     @api.get("/auth/whoami")
     async def whoami(request: Request) -> dict[str, Any]:
@@ -136,16 +181,31 @@ def build_api(bridge: Bridge) -> FastAPI:
         principal = bridge.tokens.client(body.token)
         if principal is None:
             raise HTTPException(401, "that token is not valid here")
+        request.state.principal = principal  # for the audit line (bridge/exchange.py)
         response.set_cookie(COOKIE_NAME, body.token, httponly=True, samesite="strict",
                             secure=bridge.settings.tls, path="/", max_age=12 * 3600)
         return {"name": principal.name, "role": principal.role.name}
 
     @api.post("/auth/logout")
     async def logout(request: Request, response: Response) -> dict[str, Any]:
-        """Clear the session cookie; only the bridge's own pages (or non-browser clients) may."""
+        """Clear the session cookie (and an OIDC login's refresh cookie); only the bridge's own
+        pages (or non-browser clients) may."""
+        from .oidc import PREFIX, REFRESH_COOKIE  # the OIDC login's refresh cookie
+
         refuse_cross_site(request)
         response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
                                secure=bridge.settings.tls)
+        response.delete_cookie(REFRESH_COOKIE, path=PREFIX, httponly=True, samesite="strict",
+                               secure=bridge.settings.tls)
         return {"status": "logged out"}
+
+    oidc = getattr(bridge, "oidc", None)
+    if oidc is not None:  # /auth/oidc/... (bridge/oidc.py)
+        api.include_router(oidc.router())
+    else:
+        @api.get("/auth/oidc/config")
+        async def oidc_off() -> dict[str, Any]:
+            """Single sign-on is not configured (public: the login page asks before showing a button)."""
+            return {"enabled": False}
 
     return api

@@ -28,6 +28,7 @@ from ..types import Principal
 from ..wire import protocol as P
 from ..wire.call import Call, CallAborted
 from ..wire.peer import Peer
+from . import child_tokens, edge_calls
 from .auth import TokenStore, digest
 from .directory import EdgeDirectory, Remote
 from .events import EventBus
@@ -66,6 +67,7 @@ class EdgeLink:
         self.closer: Callable[[int, str], Any] | None = None
         self.replaced: dict[str, Any] | None = None  # how this connection displaced a previous one
         self.dropped_events = 0
+        self.grant_name = name  # the name its credential must allow: a pilot's parent (child_tokens)
 
     def summary(self) -> dict[str, Any]:
         return {"plugins": plugin_summary(self.plugins), "host": self.info.get("host"),
@@ -130,6 +132,8 @@ class EdgeRegistry:
         self.directory: EdgeDirectory | None = None  # several bridges: who holds which edge
         self.remote_manifests: dict[str, Any] = {}  # content hash -> manifest, of other bridges' edges
         self._background: set[asyncio.Future[Any]] = set()
+        self.links: set[Peer] = set()  # every open edge link, enrolled or not (/metrics reads their traffic)
+        self.retired = [0, 0, 0, 0]  # frames in, frames out, bytes in, bytes out of closed links
 
     # -- several bridges (Redis) -------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class EdgeRegistry:
     async def drop_revoked(self) -> None:
         """Close the links of edges whose enrolment token was revoked (or no longer fits)."""
         for edge in list(self.edges.values()):
-            if not self.tokens.edge_allowed_digest(edge.credential, edge.name):
+            if not self.tokens.edge_allowed_digest(edge.credential, edge.grant_name):
                 log.warning("edge %s: its enrolment token was revoked; closing its link", edge.name)
                 edge.peer.send({"t": P.REFUSE, "reason": "enrolment token revoked", "retry": 300})
                 await edge.peer.flush(0.5)
@@ -263,6 +267,7 @@ class EdgeRegistry:
                     pass
 
         peer = Peer(send_bytes, name="?", max_containers=P.MAX_CONTAINERS)
+        self.links.add(peer)
         peer.start()
         edge: EdgeLink | None = None
         failures: list[BaseException] = []
@@ -297,9 +302,20 @@ class EdgeRegistry:
             if edge is not None:
                 edge.fail_all(f"edge {edge.name} disconnected")
             await peer.close()
+            self._retire(peer)
             if edge is not None:
                 self._drop(edge)
             await close()
+
+    def _retire(self, peer: Peer) -> None:
+        """Fold a closed link's traffic into ``retired``: the totals /metrics shows never go back."""
+        if peer in self.links:
+            self.links.discard(peer)
+            totals = self.retired
+            totals[0] += peer.frames_in
+            totals[1] += peer.frames_out
+            totals[2] += peer.bytes_in
+            totals[3] += peer.bytes_out
 
     async def _read_hello(self, receive: Any) -> dict[str, Any]:
         while True:
@@ -332,7 +348,14 @@ class EdgeRegistry:
                                f"not one of {', '.join(sorted(RESERVED_NAMES))})")
             return None
         token = hello.get("token")
-        if not isinstance(token, str) or not self.tokens.edge_allowed(token, name):
+        credential, grant_name = (digest(token), name) if isinstance(token, str) else ("", name)
+        if isinstance(token, str) and child_tokens.is_child_token(token):
+            try:  # a pilot's token, minted by its parent edge: allows only its own name
+                credential, grant_name = child_tokens.verify(token, name, self.tokens.edge_grants())
+            except child_tokens.ChildTokenError as exc:
+                self._refuse(peer, f"child enrolment token refused for edge {name!r}: {exc}")
+                return None
+        elif not isinstance(token, str) or not self.tokens.edge_allowed(token, name):
             self._refuse(peer, f"enrolment token not valid for edge {name!r}")
             return None
         plugins = hello.get("plugins")
@@ -351,7 +374,8 @@ class EdgeRegistry:
                                "that name is refused (stop the other one, or disconnect it as an admin)")
             return None
         peer.name = name
-        edge = EdgeLink(name, peer, self.topology.manifests.intern(plugins), info, credential=digest(token))
+        edge = EdgeLink(name, peer, self.topology.manifests.intern(plugins), info, credential=credential)
+        edge.grant_name = grant_name
         old = self.edges.get(name)
         if old is not None:
             self.topology.watchers.discard(old)
@@ -415,6 +439,7 @@ class EdgeRegistry:
             P.NOTIFY: lambda f: self._on_notify(edge, f),
             P.MANIFEST: lambda f: self._on_manifest(edge, f),
             P.WATCH: lambda f: self.topology.watch(edge, f.get("on") is True),
+            **edge_calls.handlers(self, edge),  # the edge calling its children (req from the edge)
         }
 
     async def _read_loop(self, edge: EdgeLink, receive: Any, failures: list[BaseException]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +123,8 @@ class EventBus(Standalone):
         self._subs: set[Subscriber] = set()
         self.queue_size = queue_size
         self.published = 0
+        self.dropped = 0  # events slow clients lost, ever (each loss told to its client in a gap event)
+        self.lost = 0  # events lost before reaching any client (a shared bus's full outbox; 0 here)
 
     @property
     def last_id(self) -> int:
@@ -234,8 +237,9 @@ def _last_event_id(headers: list[tuple[bytes, bytes]], query: bytes) -> int | No
 
 async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any],
                        receive: Any, send: Any, keepalive: float = KEEPALIVE,
-                       credential: str | None = None) -> None:
-    """Stream events to one client until it goes away (or its token is revoked)."""
+                       credential: str | None = None, expires: float | None = None) -> None:
+    """Stream events to one client until it goes away, its token is revoked or (an OIDC access
+    token) ``expires`` passes: then within one keep-alive interval."""
     query = scope.get("query_string", b"")
     sub = await bus.open(principal, Filters.from_query(query), _last_event_id_raw(scope["headers"], query),
                          credential=credential)
@@ -258,6 +262,8 @@ async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any
     try:
         await send({"type": "http.response.body", "body": b": connected\nretry: 2000\n\n", "more_body": True})
         while not disconnected.is_set():
+            if expires is not None and sub.closed is None and time.time() > expires:
+                sub.close("the access token expired; reconnect with a fresh one")
             if sub.closed is not None:
                 body = orjson.dumps({"topic": "closed", "data": {"reason": sub.closed}})
                 await send({"type": "http.response.body", "body": b"event: closed\ndata: %s\n\n" % body})
@@ -274,6 +280,7 @@ async def serve_events(bus: EventBus, principal: Principal, scope: dict[str, Any
             parts = sub.take(MAX_WRITE)
             if sub.dropped and not sub.queue:
                 parts.append(_gap(sub.dropped, "this client read too slowly"))
+                bus.dropped += sub.dropped
                 sub.dropped = 0
             if parts:
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})

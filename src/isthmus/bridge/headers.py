@@ -24,6 +24,8 @@ RESPONSE_DROP = frozenset({
     # hop-by-hop: the bridge's server frames the answer itself
     b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"proxy-connection", b"te",
     b"trailer",
+    # the bridge's own: one id per request, made by the bridge (the edge's would be a forgery)
+    b"x-request-id",
     # the origin's state: only the bridge sets its cookies or wipes them
     b"set-cookie", b"set-cookie2", b"clear-site-data",
     # the origin's policies: the bridge's own (RESPONSE_ADD) replace the edge's

@@ -24,7 +24,7 @@ log = logging.getLogger("isthmus.bridge.proxy")
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te",
                         b"proxy-authorization", b"authorization", b"cookie", b"host",
-                        b"x-isthmus-deadline"})
+                        b"x-isthmus-deadline", b"x-request-id"})
 
 FAST_WAIT = 0.05
 MAX_DEADLINE = 3600.0
@@ -65,8 +65,10 @@ def request_headers(scope: dict[str, Any], drop: frozenset[bytes] = HOP_BY_HOP,
 
 
 async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any, send: Any,
-                  principal: Principal, *, rid: int, max_body: int, deadline: float) -> None:
-    """Forward one request to ``edge`` as a call and relay its answer."""
+                  principal: Principal, *, rid: int, max_body: int, deadline: float,
+                  request_id: str | None = None) -> None:
+    """Forward one request to ``edge`` as a call and relay its answer; ``request_id`` (the
+    bridge's id for the request) rides in the frame so the edge's logs and plugins see it."""
     headers, length, chunked, asked_deadline = request_headers(scope)
     if asked_deadline is not None and asked_deadline > 0:
         deadline = asked_deadline
@@ -76,6 +78,8 @@ async def forward(edge: EdgeLink, path: str, scope: dict[str, Any], receive: Any
     streamed = chunked or (length is not None and length > P.INLINE_BODY_MAX)
     frame: P.Frame = {"t": P.REQUEST, "m": scope["method"], "p": path, "q": scope.get("query_string", b""),
                       "h": headers, "pr": principal.to_wire()}
+    if request_id is not None:
+        frame["x"] = request_id
     if not streamed:
         body = b""
         more = True

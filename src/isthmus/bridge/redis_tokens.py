@@ -5,12 +5,15 @@
     tokens.refresh()         # as today: True once after the shared tokens changed
     tokens.healthy, tokens.problem
 
-The entries are the token file's (id, name, role, hash, created, edge, principal, revoked)
-as JSON in one Redis hash, ``isthmus:tokens`` (id → entry), with a version counter,
+The entries are the token file's (id, name, role, hash, created, expires, edge, principal,
+revoked) as JSON in one Redis hash, ``isthmus:tokens`` (id → entry), with a version counter,
 ``isthmus:tokens:version``, bumped by every change. Lookups stay in memory: a background
 task reads the counter every ``POLL`` seconds and reloads the hash when it moved, so a
 revocation made anywhere reaches every bridge's ``refresh()`` within a second.
 ``ISTHMUS_ADMIN_TOKEN``/``ISTHMUS_EDGE_TOKEN`` stay local to the process, as with a file.
+Expiry and last-used work as with a file (see ``auth``), except that the last-used times go
+to the hash ``isthmus:tokens:used`` (id → epoch seconds; the later time wins), so that every
+bridge's uses of a token add up to one time.
 
 Merging (by id) never un-revokes: an entry revoked on either side ends up revoked. The
 bridge merges its local token file into Redis when it starts and whenever the file changes
@@ -43,13 +46,14 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from . import auth
-from .auth import TokenStore, index_entries, new_entry
+from .auth import USED_FLUSH, TokenStore, index_entries, new_entry
 from .redis_events import describe_error, stop_tasks
 
 log = logging.getLogger("isthmus.auth")
 
 HASH = "isthmus:tokens"
 VERSION = "isthmus:tokens:version"
+USED = "isthmus:tokens:used"
 POLL = 0.2  # seconds between looks at the version counter
 FILE_CHECK = 1.0  # seconds between looks at the local token file
 START_WAIT = 2.0
@@ -97,6 +101,18 @@ return 1
 """
 
 
+# KEYS: used. ARGV: id, epoch, id, epoch, ... Keeps the later of the stored and the given time.
+_USED = """
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
+  if cur < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+
 def open_token_store(path: Path | None, *, admin_token: str | None = None, edge_token: str | None = None,
                      redis_url: str | None = None) -> TokenStore:
     """The bridge's token store: the file (``auth.TokenStore``), or Redis when ``redis_url``."""
@@ -136,7 +152,7 @@ class RedisTokenStore(TokenStore):
     """A TokenStore whose entries come from Redis (see the module's docstring)."""
 
     def __init__(self, path: Path | None, *, redis_url: str, admin_token: str | None = None,
-                 edge_token: str | None = None, poll: float = POLL) -> None:
+                 edge_token: str | None = None, poll: float = POLL, flush_every: float = USED_FLUSH) -> None:
         self.redis_url = redis_url
         self.poll = poll
         self._entries: dict[str, dict[str, Any]] = {}  # the shared entries last loaded, revoked included
@@ -148,8 +164,9 @@ class RedisTokenStore(TokenStore):
         self._problem: str | None = "not started"
         self._db: aioredis.Redis | None = None
         self._merge: Any = None
+        self._record_used: Any = None
         self._task: asyncio.Task[None] | None = None
-        super().__init__(path, admin_token=admin_token, edge_token=edge_token)
+        super().__init__(path, admin_token=admin_token, edge_token=edge_token, flush_every=flush_every)
         # Until Redis answers, the local file's tokens are the ones served.
         self._apply({e["id"]: e for e in self._read_file() if isinstance(e.get("id"), str)})
 
@@ -157,11 +174,6 @@ class RedisTokenStore(TokenStore):
 
     def _refresh(self, force: bool = False, every: float = 1.0) -> bool:
         return False  # no file reads on the request path: the background task keeps things current
-
-    def refresh(self) -> bool:
-        """True once after the shared tokens changed (the bridge then enforces revocations)."""
-        changed, self._changed = self._changed, False
-        return changed
 
     @property
     def healthy(self) -> bool:
@@ -177,6 +189,7 @@ class RedisTokenStore(TokenStore):
         self._db = aioredis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
                                            retry=AsyncRetry(NoBackoff(), 0))
         self._merge = self._db.register_script(_MERGE)
+        self._record_used = self._db.register_script(_USED)
         try:
             await asyncio.wait_for(self._sync(), START_WAIT)
             self._problem = None
@@ -185,8 +198,10 @@ class RedisTokenStore(TokenStore):
             log.warning("tokens: %s; serving the local token file's tokens until it answers", self._problem)
         self._changed = False  # what start() loaded is the starting point, not a change
         self._task = asyncio.create_task(self._run(), name="tokens-redis")
+        await super().start()
 
     async def stop(self) -> None:
+        await super().stop()  # the last last-used times, while Redis is still open
         if self._task is not None:
             await stop_tasks([self._task])
             self._task = None
@@ -270,11 +285,16 @@ class RedisTokenStore(TokenStore):
             return []
 
     def _apply(self, entries: dict[str, dict[str, Any]]) -> None:
-        clients, edges = index_entries(list(entries.values()))
-        if clients != self._file_clients or edges != self._file_edges:
-            self._changed = True
+        self._load(list(entries.values()))
         self._entries = entries
-        self._file_clients, self._file_edges = clients, edges
+
+    async def _save_used(self, batch: dict[str, int]) -> None:
+        if self._record_used is None:
+            raise RuntimeError("the token store is not started")
+        args: list[str | int] = []
+        for token_id, when in batch.items():
+            args += [token_id, when]
+        await self._record_used(keys=[USED], args=args)
 
 
 # -- the shared store for the CLI (synchronous) ------------------------------------------------
@@ -284,9 +304,9 @@ def _connect(url: str) -> redis.Redis:
 
 
 def create_token(url: str, role: str, name: str | None = None, edge: str | None = None,
-                 principal: str | None = None) -> tuple[str, dict[str, Any]]:
+                 principal: str | None = None, lifetime: int | None = None) -> tuple[str, dict[str, Any]]:
     """Add a token to the shared store; returns (the token, shown once; its entry)."""
-    token, entry = new_entry(role, name=name, edge=edge, principal=principal)
+    token, entry = new_entry(role, name=name, edge=edge, principal=principal, lifetime=lifetime)
     with _connect(url) as db:
         db.register_script(_MERGE)(keys=[HASH, VERSION], args=_merge_args([entry]))
     return token, entry
@@ -302,3 +322,16 @@ def read_entries(url: str) -> list[dict[str, Any]]:
     with _connect(url) as db:
         raw: Any = db.hgetall(HASH)
     return sorted(_decode(raw).values(), key=lambda e: (e.get("created") or 0, e["id"]))
+
+
+def read_last_used(url: str) -> dict[str, int]:
+    """Token id → when a bridge last saw it used (epoch seconds)."""
+    with _connect(url) as db:
+        raw: Any = db.hgetall(USED)
+    used: dict[str, int] = {}
+    for key, value in raw.items():
+        try:
+            used[key.decode()] = int(value)
+        except (UnicodeDecodeError, ValueError):
+            continue
+    return used

@@ -68,12 +68,12 @@ INLINE_BODY = 256 * 1024  # bodies up to this size (with a Content-Length) are r
 REQUEST_DROP = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer", b"proxy-connection",
     b"proxy-authorization", b"authorization", b"cookie", b"host", b"content-length", b"expect",
-    DEADLINE, RELAYED, b"x-forwarded-for",
+    DEADLINE, RELAYED, b"x-forwarded-for", b"x-request-id",
 })
 # Never passed from A's answer to the client: hop-by-hop, and what B's own server adds itself.
 RESPONSE_DROP = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer", b"proxy-connection",
-    b"date", b"server",
+    b"date", b"server", b"x-request-id",  # this bridge stamps its own request id
 })
 _PATH_SAFE = b"/%:@!$&'()*+,;=-._~?"
 
@@ -163,9 +163,10 @@ class Relay:
         await self.transport.aclose()
 
     async def relay(self, url: str, scope: dict[str, Any], receive: Any, send: Any, *, token: str,
-                    deadline: float, max_body: int, target: str = "") -> None:
+                    deadline: float, max_body: int, target: str = "", request_id: str | None = None) -> None:
         """Forward this request to the bridge at ``url`` (``target``: its bridge id, for messages)
-        and send its answer; ``token`` is the caller's credential (bearer or cookie)."""
+        and send its answer; ``token`` is the caller's credential (bearer or cookie); the other
+        bridge logs ``request_id`` (this bridge's id for the request) as its correlation label."""
         where = f"bridge {target} ({url})" if target else f"the bridge at {url}"
         if relayed_by(scope) is not None:
             await respond(send, 503, "edge moved: it is no longer on the bridge that relayed this request; "
@@ -178,6 +179,8 @@ class Relay:
             await respond(send, 413, f"request body of {length} bytes is over the limit of {max_body} bytes")
             return
         headers.append((DEADLINE, f"{deadline:g}".encode()))
+        if request_id:
+            headers.append((b"x-request-id", request_id.encode()))
         exchange = _Exchange(receive, max_body)
         content: bytes | AsyncIterator[bytes]
         if chunked or (length is not None and length > INLINE_BODY):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import secrets
@@ -15,8 +14,12 @@ from urllib.parse import urlsplit
 
 import typer
 
-from ..config import AppConfig, load_app_config
+from ..bridge.audit import record_cli
+from ..config import AppConfig
 from ..errors import ConfigError
+from ..logs import LogFormat, setup_logging
+from .audit import audit_cmd
+from .common import ConfigOpt, config_or_exit, is_loopback, take_secret
 
 if TYPE_CHECKING:
     import uvicorn
@@ -26,72 +29,26 @@ if TYPE_CHECKING:
     from ..runtime.host import PluginHost
 
 app = typer.Typer(help="Isthmus: reach HPC clusters from anywhere.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+                  add_completion=True, pretty_exceptions_enable=False)
 token_app = typer.Typer(help="Create, list and revoke API and enrolment tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.command("audit")(audit_cmd)
 
 log = logging.getLogger("isthmus")
 
-ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="isthmus.yaml to read "
-                      "(default ./isthmus.yaml, then ~/.config/isthmus/isthmus.yaml).")]
 HostOpt = Annotated[str | None, typer.Option(help="Address to listen on (default: bridge.host in "
                                                 "isthmus.yaml or $ISTHMUS_BRIDGE__HOST, else 127.0.0.1).")]
 PortOpt = Annotated[int | None, typer.Option(help="Port to listen on (default: bridge.port, else 8000).")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="text, or json: one JSON object per line "
+                                                 "(time, level, logger, message, request_id).")]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per relayed request is noise
+def _setup_logging(level: str, fmt: LogFormat = "text") -> None:
+    setup_logging(level, fmt)
 
 
-def _config(path: str | None) -> AppConfig:
-    try:
-        return load_app_config(path)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def take_secret(env_name: str, file_path: str | None = None) -> str | None:
-    """A secret from ``file_path`` (or ``$<env_name>_FILE``), else from ``$<env_name>``.
-
-    The variables are removed from this process's environment once read, so nothing it
-    starts (jobs, tasks, schedulers) inherits them. A secret file must be a regular file
-    that only its owner can read or write (mode 600 or stricter).
-    """
-    file_path = file_path or os.environ.get(env_name + "_FILE")
-    value = os.environ.pop(env_name, None)
-    os.environ.pop(env_name + "_FILE", None)
-    if not file_path:
-        return value or None
-    path = Path(file_path).expanduser()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        typer.echo(f"error: cannot read the secret file {path}: {exc.strerror}", err=True)
-        raise typer.Exit(2) from exc
-    with os.fdopen(fd) as fh:
-        st = os.fstat(fh.fileno())
-        if st.st_mode & 0o077 or not os.path.isfile(path):
-            typer.echo(f"error: {path} is readable or writable by others (mode {st.st_mode & 0o777:o}); "
-                       f"run 'chmod 600 {path}'", err=True)
-            raise typer.Exit(2)
-        secret = fh.read().strip()
-    if not secret:
-        typer.echo(f"error: the secret file {path} is empty", err=True)
-        raise typer.Exit(2)
-    return secret
+_config = config_or_exit
 
 
 def protect_process() -> None:
@@ -133,6 +90,7 @@ def _uvicorn_config(bridge: Any, host: str, port: int, tls_cert: str | None, tls
                           ws=server.GuardedWebSocket, ws_max_size=MAX_MESSAGE,
                           ws_ping_interval=None,  # the edge link has its own heartbeat (wire.peer)
                           ws_ping_timeout=None, log_level=level.lower(), access_log=False,
+                          log_config=None,  # uvicorn's lines go through our handler (text or JSON)
                           ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=settings.idle_timeout,
                           proxy_headers=False, server_header=False,
                           backlog=4096)  # a fleet reconnecting at once: queue its SYNs (capped by somaxconn)
@@ -229,6 +187,7 @@ def bridge(
     advertise_url: Annotated[str | None, typer.Option(help="How the other bridges reach this one "
                                                       "(with --redis; default http(s)://HOST:PORT).")] = None,
     log_level: LogOpt = "info",
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run the bridge: the public REST API, event stream and Explorer that edges dial into.
 
@@ -236,7 +195,7 @@ def bridge(
     enrolment token); each may instead name a mode-600 file in ISTHMUS_ADMIN_TOKEN_FILE /
     ISTHMUS_EDGE_TOKEN_FILE. Both are removed from the environment once read.
     """
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     app_config = _config(config)
     host = host if host is not None else app_config.bridge.host
     _check_transport(host, tls_cert, tls_key, allow_insecure_http)
@@ -344,6 +303,7 @@ def edge(
                                                    "(default $ISTHMUS_EDGE_TOKEN_FILE, else "
                                                    "$ISTHMUS_EDGE_TOKEN).")] = None,
     log_level: LogOpt = "info",
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run an edge: dial out to the bridge and host plugins.
 
@@ -351,7 +311,7 @@ def edge(
     ISTHMUS_EDGE_TOKEN_FILE (a mode-600 file holding it). The edge removes both from its
     environment once read, so jobs and tasks never inherit them.
     """
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     urls = [_ws_url(u.strip(), allow_insecure_http) for value in bridge for u in value.split(",") if u.strip()]
     if not urls:
         typer.echo("error: --bridge needs a URL", err=True)
@@ -397,13 +357,14 @@ def demo(
     token_file: Annotated[str | None, typer.Option(help="Write the admin token to this file.")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "warning",
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run a bridge and one edge named 'demo' on a simulated cluster, in one process.
 
     SIGHUP reloads the edge's plugin configuration; the bridge: section of the config sets the
     bridge's limits (and --host/--port when not given).
     """
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     app_config = _config(config)
     host = host if host is not None else app_config.bridge.host
     port = port if port is not None else app_config.bridge.port
@@ -481,25 +442,37 @@ def _token_store_failed(url: str, exc: Exception) -> typer.Exit:
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[str, typer.Option(help="viewer (read only), user (use plugins), admin, or edge (enrolment).")],
+    role: Annotated[str, typer.Option(help="viewer (read only), user (use plugins), admin, metrics (scrape "
+                                           "/metrics only), or edge (enrolment).")],
     name: Annotated[str | None, typer.Option(help="Who the token is for (shown in logs and whoami; "
                                               "a unique default when omitted).")] = None,
     edge: Annotated[str | None, typer.Option(help="For --role edge: edge name or glob it may register as.")] = None,
     principal: Annotated[str | None, typer.Option(help="Identity that owns jobs, files and sessions "
                                                    "(default: this token alone). Give a new token "
                                                    "the principal of an old one to rotate it.")] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 90m, 3600s or 2w "
+                                                 "(default: never expires).")] = None,
     tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
     redis: TokenRedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a token; it is printed once and stored only as a hash (in the token file, or
     with --redis in the store that bridges share)."""
-    from ..bridge.app import tokens_path
-    from ..bridge.auth import create_token
+    import time
 
-    if role not in ("viewer", "user", "admin", "edge"):
-        typer.echo("error: --role must be viewer, user, admin or edge", err=True)
+    from ..bridge.app import tokens_path
+    from ..bridge.auth import ROLES, create_token, parse_lifetime
+
+    if role not in ROLES:
+        typer.echo(f"error: --role must be one of {', '.join(ROLES)}, not {role!r}", err=True)
         raise typer.Exit(2)
+    lifetime = None
+    if expires is not None:
+        try:
+            lifetime = parse_lifetime(expires)
+        except ValueError as exc:
+            typer.echo(f"error: --expires: {exc}", err=True)
+            raise typer.Exit(2) from exc
     app_config = _config(config)
     url = _token_redis(redis, app_config)
     if url:
@@ -508,28 +481,38 @@ def token_create(
         from ..bridge import redis_tokens
 
         try:
-            token, entry = redis_tokens.create_token(url, role, name=name, edge=edge, principal=principal)
+            token, entry = redis_tokens.create_token(url, role, name=name, edge=edge, principal=principal,
+                                                     lifetime=lifetime)
         except (RedisError, OSError) as exc:
             raise _token_store_failed(url, exc) from exc
-        typer.echo(f"created {entry['id']} ({role}) in the shared store at {url}", err=True)
-        typer.echo(token)
-        return
-    path = tokens_path(app_config, tokens_file)
-    token, entry = create_token(path, role, name=name, edge=edge, principal=principal)
-    typer.echo(f"created {entry['id']} ({role}) in {path}", err=True)
+        where = f"the shared store at {url}"
+    else:
+        path = tokens_path(app_config, tokens_file)
+        token, entry = create_token(path, role, name=name, edge=edge, principal=principal, lifetime=lifetime)
+        where = str(path)
+    until = f", expires {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(entry['expires']))}" \
+        if "expires" in entry else ""
+    record_cli(app_config, "token.create", token_id=entry["id"], token_role=role, token_name=entry.get("name"),
+               expires=entry.get("expires"))
+    typer.echo(f"created {entry['id']} ({role}{until}) in {where}", err=True)
     typer.echo(token)
 
 
 @token_app.command("list")
 def token_list(
     tokens_file: Annotated[str | None, typer.Option(help="Token file (default <config_dir>/tokens.json).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, times in epoch seconds.")] = False,
     redis: TokenRedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """List tokens (ids, names, roles; never the tokens themselves), of the token file or,
-    with --redis, of the store that bridges share."""
+    """List tokens (ids, names, roles, expiry, last use; never the tokens themselves), of the
+    token file or, with --redis, of the store that bridges share. Last use is as the bridges
+    last recorded it (every 30 s and when they stop)."""
+    import json
+    import time
+
     from ..bridge.app import tokens_path
-    from ..bridge.auth import read_entries
+    from ..bridge.auth import entry_expires, read_entries, read_last_used, relative_time, used_path
 
     app_config = _config(config)
     url = _token_redis(redis, app_config)
@@ -540,16 +523,39 @@ def token_list(
 
         try:
             entries = redis_tokens.read_entries(url)
+            used = redis_tokens.read_last_used(url)
         except (RedisError, OSError) as exc:
             raise _token_store_failed(url, exc) from exc
     else:
-        entries = read_entries(tokens_path(app_config, tokens_file))
+        path = tokens_path(app_config, tokens_file)
+        try:
+            entries = read_entries(path)
+            used = read_last_used(used_path(path))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}; fix or remove the file", err=True)
+            raise typer.Exit(1) from exc
+    now = time.time()
+    rows: list[dict[str, Any]] = []
     for entry in entries:
-        state = "revoked" if entry.get("revoked") else "active"
-        extra = f" edge={entry['edge']}" if entry.get("edge") else ""
-        if entry.get("principal"):
-            extra += f" principal={entry['principal']}"
-        typer.echo(f"{entry['id']}\t{entry['role']}\t{entry.get('name', '')}\t{state}{extra}")
+        expires = entry_expires(entry)
+        state = "revoked" if entry.get("revoked") else "expired" if expires is not None and expires <= now \
+            else "active"
+        rows.append({"id": entry["id"], "name": entry.get("name", ""), "role": entry["role"], "state": state,
+                     "created": entry.get("created"),
+                     "expires": None if expires is None else int(expires), "last_used": used.get(entry["id"]),
+                     "revoked": entry.get("revoked"), "edge": entry.get("edge"),
+                     "principal": entry.get("principal")})
+    if as_json:
+        typer.echo(json.dumps({"now": int(now), "tokens": rows}, indent=2))
+        return
+    table = [["ID", "ROLE", "NAME", "STATE", "EXPIRES", "LAST USED", "FOR"]]
+    for row in rows:
+        table.append([row["id"], row["role"], row["name"], row["state"],
+                      relative_time(row["expires"], now), relative_time(row["last_used"], now),
+                      " ".join(f"{k}={row[k]}" for k in ("edge", "principal") if row[k])])
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        typer.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 @token_app.command("revoke")
@@ -580,6 +586,7 @@ def token_revoke(
     if not found:
         typer.echo(f"error: no token {token_id}", err=True)
         raise typer.Exit(1)
+    record_cli(app_config, "token.revoke", token_id=token_id)
     typer.echo(f"revoked {token_id}")
 
 
@@ -599,22 +606,25 @@ def _remote(spec: str) -> tuple[str, str] | None:
 def cp(
     src: Annotated[str, typer.Argument(help="Source: a local path or EDGE:PATH.")],
     dst: Annotated[str, typer.Argument(help="Destination: a local path or EDGE:PATH.")],
-    bridge: Annotated[str | None, typer.Option(help="Bridge URL (default $ISTHMUS_URL, else 127.0.0.1:8000).")] = None,
-    token: Annotated[str | None, typer.Option(help="Token (default $ISTHMUS_TOKEN or $ISTHMUS_ADMIN_TOKEN).")] = None,
+    bridge: Annotated[str | None, typer.Option(help="Bridge URL (default $ISTHMUS_BRIDGE, else the one of "
+                                               "`isthmus login`).")] = None,
+    token: Annotated[str | None, typer.Option(help="Token (default $ISTHMUS_TOKEN, else the one of "
+                                              "`isthmus login`).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing destination.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted upload.")] = False,
 ) -> None:
     """Copy a file to or from an edge, streamed and checked with SHA-256 (edge:path names the remote side)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from .. import BridgeClient, ClientError
+    from .. import ClientError
     from ..plugins.staging.client import StagingClient
+    from .remote import resolve
 
     remote_src, remote_dst = _remote(src), _remote(dst)
     if (remote_src is None) == (remote_dst is None):
         typer.echo("error: exactly one of SRC and DST must be EDGE:PATH", err=True)
         raise typer.Exit(2)
-    client = BridgeClient(url=bridge, token=token)
+    client = resolve(bridge, token).client()
     remote = remote_src or remote_dst
     assert remote is not None  # exactly one of them is set (checked above)
     edge = remote[0]
@@ -642,21 +652,19 @@ def cp(
 
 @app.command("mcp")
 def mcp_cmd(
-    bridge: Annotated[str | None, typer.Option(help="Bridge URL (default $ISTHMUS_URL, else http://127.0.0.1:8000).")]
-    = None,
+    bridge: Annotated[str | None, typer.Option(help="Bridge URL (default $ISTHMUS_BRIDGE, else the one of "
+                                               "`isthmus login`).")] = None,
     token_file: Annotated[str | None, typer.Option(help="File (mode 600) holding your API token "
-                                                        "(default $ISTHMUS_TOKEN).")] = None,
+                                                        "(default $ISTHMUS_TOKEN, else `isthmus login`'s).")] = None,
     log_level: Annotated[str, typer.Option(help="Log level (logs go to stderr).")] = "warning",
 ) -> None:
     """Serve the bridge's tools to an AI assistant over MCP on stdio, with your token's rights (docs/mcp.md)."""
     from ..mcp.stdio import run
+    from .remote import resolve
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr)
-    token = take_secret("ISTHMUS_TOKEN", token_file)
-    if not token:
-        typer.echo("error: give a token: --token-file FILE or $ISTHMUS_TOKEN", err=True)
-        raise typer.Exit(2)
-    run(bridge or os.environ.get("ISTHMUS_URL") or "http://127.0.0.1:8000", token)
+    target = resolve(bridge, take_secret("ISTHMUS_TOKEN", token_file))
+    run(target.url, target.token)
 
 
 # -- plugins ----------------------------------------------------------------------------------
@@ -668,6 +676,21 @@ def plugins_cmd(config: ConfigOpt = None) -> None:
 
     for pid, spec, enabled in select_plugins(_config(config), None):
         typer.echo(f"{pid}\t{'enabled' if enabled else 'disabled'}\t{spec}")
+
+
+# -- client commands (docs/cli.md) ----------------------------------------------------------
+from .edges import edges_cmd  # noqa: E402 - the commands above are defined first; these modules use them
+from .events import events_cmd  # noqa: E402
+from .jobs import jobs_app  # noqa: E402
+from .login import login_cmd, logout_cmd  # noqa: E402
+from .tasks import tasks_app  # noqa: E402
+
+app.command("login")(login_cmd)
+app.command("logout")(logout_cmd)
+app.command("edges")(edges_cmd)
+app.command("events")(events_cmd)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(tasks_app, name="tasks")
 
 
 def main() -> None:

@@ -20,14 +20,16 @@ from fastapi import FastAPI
 
 from ..config import AppConfig, ConfigSources, load_plugin_config, plugin_enabled
 from ..errors import ConfigError
+from ..sdk.calls import EdgeCalls
 from ..sdk.plugin import NotifySink, Plugin, PluginContext, construct, install_error_handlers, load_class, registry
 from ..sdk.registry import entry_points, is_import_spec
 from ..sdk.topology import TopologyView
+from .metrics import EdgeMetrics
 
 log = logging.getLogger("isthmus.host")
 
 # Built-ins that need something special are off unless enabled in the config.
-BUILTIN_DEFAULT_OFF = frozenset({"simulator"})
+BUILTIN_DEFAULT_OFF = frozenset({"simulator", "workflows"})  # workflows: a bridge plugin (--plugins)
 SHUTDOWN_WAIT = 10.0
 REAP_INTERVAL = 60.0
 RESERVED_PREFIX = "_"
@@ -93,6 +95,7 @@ class PluginHost:
         # one mapping, isthmus.sdk.plugin.error_response
         install_error_handlers(self.app)
         self.records: dict[str, PluginRecord] = {}
+        self.metrics = EdgeMetrics(self)  # GET /_edge/metrics; the dispatcher counts plugin errors here
         self.view = TopologyView()  # edges' summaries, kept from the bridge's deltas (when watched)
         self.topology_requester: Any = None  # async callable() set by the edge service: start watching
         self._topology_ready = asyncio.Event()
@@ -102,6 +105,7 @@ class PluginHost:
         self._reload_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self.on_manifest_change: Any = None  # callable() set by the edge service
+        self.edge_calls: EdgeCalls | None = None  # Plugin.edge_calls; set by the bridge or the edge service
 
     # -- building -------------------------------------------------------------------------
 

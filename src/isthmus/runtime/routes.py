@@ -9,11 +9,12 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request, Response
 
 from ..config import AppConfig, check_plugin_document, write_plugin_file
 from ..errors import ConfigError
 from ..types import Role, current_principal
+from .metrics import EdgeMetrics
 
 
 class Host(Protocol):
@@ -31,6 +32,8 @@ class Host(Protocol):
     def overrides(self) -> Mapping[str, dict[str, Any]]: ...
     @property
     def records(self) -> Mapping[str, Any]: ...
+    @property
+    def metrics(self) -> EdgeMetrics: ...
     def manifests(self) -> dict[str, Any]: ...
     async def reload(self, only: str | None = None,
                      overlay: Mapping[str, Any] | None = None) -> dict[str, str]: ...
@@ -114,6 +117,12 @@ def mount_host_routes(host: Host) -> None:
     async def operations() -> dict[str, Any]:
         """Every plugin route an agent may call (isthmus.mcp makes one MCP tool of each)."""
         return {"edge": host.name, "operations": plugin_operations(host)}
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """This host's Prometheus metrics; any principal, the ``metrics`` role included."""
+        body, content_type = host.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type, headers={"cache-control": "no-store"})
 
     host.app.include_router(router, prefix="/_edge")
 

@@ -11,15 +11,32 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from prometheus_client import Histogram
+from prometheus_client.core import Metric
 
 from ..errors import SchedulerError, SchedulerTimeout, SchedulerUnavailable
 from ..jobstates import JobState as JobState  # the one vocabulary; re-exported here
 
 DEFAULT_TIMEOUT = 30.0
+
+# Every scheduler CLI call, by command (squeue, sinfo, qstat, ...: chosen by code, never by a
+# caller, so the label stays small). The scheduler is one per process, so is this histogram;
+# each plugin host's /_edge/metrics shows it (``query_metrics``).
+_QUERY_SECONDS = Histogram("isthmus_edge_scheduler_query_seconds", "Scheduler CLI calls, by command.",
+                           ["query"], registry=None,
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+
+
+def query_metrics() -> Iterable[Metric]:
+    """The scheduler query latency histogram, for a metrics registry's collector."""
+    return _QUERY_SECONDS.collect()
 
 
 class NodeState(StrEnum):
@@ -169,6 +186,14 @@ async def run_command(cmd: list[str], *, timeout: float = DEFAULT_TIMEOUT,
         raise SchedulerUnavailable(f"{cmd[0]} not found on PATH; is the scheduler's client installed?",
                                    command=cmd)
     full_env = {**os.environ, **(env or {})}
+    started = time.monotonic()
+    try:
+        return await _run(cmd, full_env, timeout, check)
+    finally:
+        _QUERY_SECONDS.labels(os.path.basename(cmd[0])).observe(time.monotonic() - started)
+
+
+async def _run(cmd: list[str], full_env: dict[str, str], timeout: float, check: bool) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

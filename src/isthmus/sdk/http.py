@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,11 +71,32 @@ class HTTPClient(httpx.Client):
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         # named in errors without userinfo or query string: either may carry secrets
         url = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}{request.url.path}"
-        with map_exceptions(url):
-            response = super().send(request, **kwargs)
+        for attempt in range(RATE_RETRIES + 1):
+            with map_exceptions(url):
+                response = super().send(request, **kwargs)
+            wait = _retry_after(response) if attempt < RATE_RETRIES else None
+            if wait is None or not isinstance(request.stream, httpx.ByteStream):  # a stream cannot be sent twice
+                break
+            response.close()
+            time.sleep(wait)
         if kwargs.get("stream") and isinstance(response.stream, httpx.SyncByteStream):
             response.stream = _MappedStream(response.stream, url)
         return response
+
+
+RATE_RETRIES = 5  # a 429 (the bridge's per-principal rate limit) is retried this often
+RATE_WAIT_MAX = 30.0  # but only when Retry-After asks for no more than this many seconds
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before sending again after a 429, or None (do not retry)."""
+    if response.status_code != 429:
+        return None
+    try:
+        wait = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return wait if 0 <= wait <= RATE_WAIT_MAX else None
 
 
 def _describe(detail: object) -> str:

@@ -14,7 +14,7 @@ import importlib
 import inspect
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -29,12 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import IsthmusError, PluginError, SchedulerError, SessionClosed, SessionNotFound
 from ..types import Principal, Role, current_principal
+from .calls import EdgeCalls
 from .menu import MenuSection
 from .registry import entry_points, is_import_spec
 from .session import PluginSession
 from .ui import UIConfigError, invalid_endpoints, validate_ui_config
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from ..config import AppConfig, ConfigSources
 
 
@@ -52,6 +55,7 @@ class HostView(Protocol):
 log = logging.getLogger("isthmus.plugin")
 
 DEFAULT_SESSION_TTL = 3600.0
+READ_EFFECT = ("x-isthmus-effect", "read")  # bridge/exchange.py reads it
 _CLOSED_MEMORY = 4096  # how many closed sids are remembered to answer 410, not 404
 
 # (plugin name, topic, data, owner) -> None; must be safe to call from any thread.
@@ -261,7 +265,7 @@ class Plugin:
         self.namespace = f"/{self.instance_name}"
         self._sessions: SessionTable = SessionTable(self)
         self._closed: collections.OrderedDict[str, Principal | None] = collections.OrderedDict()
-        self._routes: list[tuple[str, Callable[..., Any], list[str]]] = []
+        self._routes: list[tuple[str, Callable[..., Any], list[str], bool]] = []
         self._notify_sink: NotifySink | None = ctx.notify if ctx else None
         self.host = ctx.host if ctx else None
         self.config_sources = ctx.sources if ctx else None
@@ -288,8 +292,10 @@ class Plugin:
             ("ui_config", self._route_ui_config, ["GET"]),
         ]
         pending, self._routes = self._routes, []
-        for path, handler, methods in auto + pending:
+        for path, handler, methods in auto:
             self._add_route(path, handler, methods)
+        for path, handler, methods, reads in pending:
+            self._add_route(path, handler, methods, reads)
 
     def mount_router(self, app: FastAPI) -> None:
         """Give ``register_routes`` an APIRouter mounted at the namespace (seed 003)."""
@@ -299,14 +305,14 @@ class Plugin:
         self.register_routes(router)
         app.include_router(router, prefix=self.namespace)
 
-    def _add_route(self, path: str, handler: Callable[..., Any], methods: list[str]) -> None:
+    def _add_route(self, path: str, handler: Callable[..., Any], methods: list[str], reads: bool = False) -> None:
         if self.app is None:
-            self._routes.append((path, handler, methods))
+            self._routes.append((path, handler, methods, reads))
             return
         full = f"{self.namespace}/{path.lstrip('/')}"
-        self.app.router.add_route(full, self._wrap(handler), methods=methods)
+        self.app.router.add_route(full, self._wrap(handler, reads), methods=methods)
 
-    def _wrap(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
+    def _wrap(self, handler: Callable[..., Any], reads: bool = False) -> Callable[[Request], Any]:
         name = self.instance_name
 
         async def endpoint(request: Request) -> Response:
@@ -316,7 +322,10 @@ class Plugin:
                     result = await result
             except Exception as exc:  # noqa: BLE001 - translated into an answer
                 return error_response(exc, name)
-            return result if isinstance(result, Response) else JSON(result)
+            response = result if isinstance(result, Response) else JSON(result)
+            if reads:  # the bridge's audit log keeps to calls that change something
+                response.headers[READ_EFFECT[0]] = READ_EFFECT[1]
+            return response
 
         endpoint.__wrapped__ = handler  # type: ignore[attr-defined]  # inspect.unwrap: its docstring for MCP
         return endpoint
@@ -324,8 +333,10 @@ class Plugin:
     def add_route_get(self, path: str, handler: Callable[..., Any]) -> None:
         self._add_route(path, handler, ["GET"])
 
-    def add_route_post(self, path: str, handler: Callable[..., Any]) -> None:
-        self._add_route(path, handler, ["POST"])
+    def add_route_post(self, path: str, handler: Callable[..., Any], *, reads: bool = False) -> None:
+        """``reads=True``: a POST that changes nothing (a batch lookup, a long poll), so the
+        bridge does not audit it as a change."""
+        self._add_route(path, handler, ["POST"], reads)
 
     def add_route_put(self, path: str, handler: Callable[..., Any]) -> None:
         self._add_route(path, handler, ["PUT"])
@@ -350,6 +361,13 @@ class Plugin:
 
     async def on_config_reload(self, config: Any) -> None:
         """Called after ``self.config`` was swapped for a new, fully validated one."""
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        """Override to add Prometheus metric families to the host's ``/_edge/metrics``.
+
+        Called on each scrape, on the event loop: read counts you already keep, never scan.
+        """
+        return ()
 
     # MCP (docs/mcp.md): paths under this plugin that agents may not call as tools, and tools
     # this plugin names itself (tool name -> "METHOD path"; the handler's docstring describes it).
@@ -481,6 +499,15 @@ class Plugin:
     def principal() -> Principal | None:
         """The caller of the request being served (None for in-process callers)."""
         return current_principal.get()
+
+    @property
+    def edge_calls(self) -> EdgeCalls:
+        """Calls to plugins on other edges (``isthmus.sdk.calls``): the one way a plugin reaches
+        another edge, with the served client's principal (or one it stored) and deadline."""
+        calls = getattr(self.host, "edge_calls", None)
+        if calls is None:
+            raise RuntimeError("this host gives plugins no edge calls")
+        return calls  # type: ignore[no-any-return]
 
     @staticmethod
     def require_role(role: Role) -> None:

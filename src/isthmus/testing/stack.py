@@ -56,13 +56,14 @@ class Stack:
     def __init__(self, plugins: list[str] | None = None, *, edge: str = "test",
                  env: dict[str, str] | None = None, config: dict[str, Any] | None = None,
                  bridge_plugins: list[str] | None = None, bridge_args: list[str] | None = None,
-                 workdir: str | Path | None = None) -> None:
+                 edge_args: list[str] | None = None, workdir: str | Path | None = None) -> None:
         self.plugins = plugins
         self.edge = edge
         self.env = env or {}
         self.config = config
         self.bridge_plugins = bridge_plugins
         self.bridge_args = bridge_args or []
+        self.edge_args = edge_args or []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.workdir = Path(workdir) if workdir else None
         self.port = free_port()
@@ -110,7 +111,7 @@ class Stack:
         """Start the edge (``bridges``: the ws:// URLs it may use, default this stack's bridge)."""
         urls = ",".join(bridges or [f"ws://127.0.0.1:{self.port}"])
         args = ["edge", "--bridge", urls, "--name", self.edge,
-                "--log-level", "info", *self._config_args()]
+                "--log-level", "info", *self._config_args(), *self.edge_args]
         if self.plugins is not None:
             args += ["--plugins", ",".join(self.plugins)]
         self.edge_proc = self._spawn(args, "edge.log", {"ISTHMUS_EDGE_TOKEN": self.edge_token})

@@ -143,6 +143,11 @@ class Peer:
         self.calls: dict[int, OpenCall] = {}  # open calls, either role (ids are unique per link)
         self.last_seen = time.monotonic()
         self.max_containers = max_containers
+        # traffic over this link, read by the bridge's /metrics (plain ints: the hot path pays an add)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.handlers: dict[str, Handler] = {
             P.CHUNK: self._on_chunk,
             P.CREDIT: self._on_credit,
@@ -175,7 +180,10 @@ class Peer:
                 while self._queue:
                     batch, self._queue = self._queue, []
                     for message in _split(batch):
-                        await self._send_message(P.pack(message))
+                        data = P.pack(message)
+                        self.frames_out += len(message)
+                        self.bytes_out += len(data)
+                        await self._send_message(data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the socket broke; the reader will notice
@@ -193,7 +201,10 @@ class Peer:
     def receive(self, data: bytes) -> None:
         """Dispatch one WebSocket message; ProtocolError when it or a handler is bad."""
         self.last_seen = time.monotonic()
-        for frame in P.unpack(data, self.max_containers):
+        frames = P.unpack(data, self.max_containers)
+        self.frames_in += len(frames)
+        self.bytes_in += len(data)
+        for frame in frames:
             kind = frame["t"]
             handler = self.handlers.get(kind)
             if handler is None:

@@ -69,7 +69,8 @@ class Refuse(TypedDict):
 
 
 class Request(TypedDict):
-    """bridge → edge: one call."""
+    """bridge → edge: one call; edge → bridge: a call to one of its children (negative ``id``,
+    ``p`` is ``/{child}/{plugin}/...``), which the bridge forwards to that child."""
 
     t: str
     id: int
@@ -81,10 +82,11 @@ class Request(TypedDict):
     dl: float  # deadline, seconds
     b: NotRequired[bytes]  # the body, when small
     s: NotRequired[bool]  # True: the body follows as chunks
+    x: NotRequired[str]  # the bridge's request id (X-Request-ID): logs and request.state.request_id
 
 
 class Response(TypedDict):
-    """edge → bridge: the call's status and headers."""
+    """the answering side → the asking side: the call's status and headers."""
 
     t: str
     id: int
@@ -175,8 +177,8 @@ FRAMES: dict[str, tuple[str, type]] = {
     HELLO: ("edge → bridge", Hello),
     WELCOME: ("bridge → edge", Welcome),
     REFUSE: ("bridge → edge", Refuse),
-    REQUEST: ("bridge → edge", Request),
-    RESPONSE: ("edge → bridge", Response),
+    REQUEST: ("both", Request),  # edge → bridge: only to its children (bridge/edge_calls.py)
+    RESPONSE: ("both", Response),
     CHUNK: ("both", Chunk),
     CREDIT: ("both", Credit),
     CANCEL: ("both", Cancel),

@@ -37,10 +37,12 @@ class PsijClient(PluginClient):
                            stderr_offset=stderr_offset)
         return cast(dict[str, Any], status)
 
-    def list_jobs(self, limit: int | None = None, before: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, one page: at most ``limit`` (default and most: 1000) jobs older than the job ``before``."""
+    def list_jobs(self, limit: int | None = None, before: str | None = None,
+                  state: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, one page: at most ``limit`` (default and most: 1000) jobs older than the job ``before``;
+        ``state`` keeps jobs in these states (``"RUNNING"``, or several: ``"RUNNING,PENDING"``)."""
         return cast(list[dict[str, Any]], self._get(f"list_jobs/{self._require_sid()}", limit=limit,
-                                                    before=before)["jobs"])
+                                                    before=before, state=state)["jobs"])
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return cast(dict[str, Any], self._post(f"cancel_job/{self._require_sid()}/{job_id}"))

@@ -20,12 +20,14 @@ import shlex
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psij  # noqa: F401 - imported here, on the main thread, so its local executor can use signals
 import psutil
 from fastapi import Request
+from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import ValidationError
 
 from ... import schedulers
@@ -130,6 +132,14 @@ class PluginPsij(Plugin):
         if self._pruner is not None:
             self._pruner.cancel()
         self.store.close()
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        """Jobs by state, every state present (a series that vanishes at 0 reads as missing data)."""
+        counts = self.store.count_by_state()
+        jobs = GaugeMetricFamily("isthmus_edge_jobs", "Jobs the psij plugin keeps, by state.", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value], counts.get(state.value, 0))
+        yield jobs
 
     async def _prune_loop(self) -> None:
         while True:
@@ -433,10 +443,10 @@ class PluginPsij(Plugin):
                 "stderr_offset": se_next}
 
     async def list_jobs(self, request: Request) -> dict[str, Any]:
-        """The caller's jobs (an admin's: everyone's), newest first, one page: ``?limit=&before=``.
+        """The caller's jobs (an admin's: everyone's), newest first, one page: ``?limit=&before=&state=``.
 
-        ``limit`` is 1 to 1000 (default 1000); ``next`` is the job id to pass as ``before`` for
-        the next page, or null.
+        ``limit`` is 1 to 1000 (default 1000); ``state`` keeps jobs in these states (comma-separated,
+        e.g. ``RUNNING,PENDING``); ``next`` is the job id to pass as ``before`` for the next page, or null.
         """
         self._get_session(request.path_params["sid"])
         who = current_principal.get()
@@ -448,8 +458,13 @@ class PluginPsij(Plugin):
         if not 1 <= limit <= LIST_MAX:
             raise PluginError(f"limit must be between 1 and {LIST_MAX}", 422)
         before = request.query_params.get("before") or None
+        states = [s for s in (request.query_params.get("state") or "").split(",") if s]
+        unknown = [s for s in states if s not in JobState.__members__]
+        if unknown:
+            raise PluginError(f"state must be one of {', '.join(JobState)} (comma-separated), "
+                              f"not {', '.join(unknown)}", 422)
         try:
-            recs = await asyncio.to_thread(self.store.list, owner, limit + 1, before)
+            recs = await asyncio.to_thread(self.store.list, owner, limit + 1, before, states)
         except KeyError as exc:
             raise PluginError(f"no job {before}", 404) from exc
         page = recs[:limit]

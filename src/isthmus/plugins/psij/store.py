@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs(state, created);
+CREATE INDEX IF NOT EXISTS jobs_owner_state ON jobs(owner, state, created);
 """
 COLUMNS = ("id", "owner", "executor", "native_id", "spec", "state", "exit_code", "message", "stdout_path",
            "stderr_path", "exit_file", "workdir", "created", "updated", "history")
@@ -95,17 +98,23 @@ class JobStore(SqliteStore):
             cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,))
             return self._row(cur.fetchone())
 
-    def list(self, owner: str | None = None, limit: int = 1000, before: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, at most ``limit``; ``before`` (a job id) continues after that job (KeyError if unknown).
+    def list(self, owner: str | None = None, limit: int = 1000, before: str | None = None,
+             states: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """Newest first, at most ``limit``; ``before`` (a job id) continues after that job (KeyError if unknown);
+        ``states``: only jobs in one of these states.
 
-        An index serves both an owner's listing (``jobs_owner``) and everyone's
-        (``jobs_created``): a page reads its own rows, not the table.
+        An index serves an owner's listing (``jobs_owner``), everyone's (``jobs_created``) and
+        both by state (``jobs_owner_state``, ``jobs_state_created``): a page reads its own rows,
+        not the table.
         """
         where: list[str] = []
         args: list[Any] = []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args += list(states)
         with self._lock:
             if before is not None:
                 cursor = self._db.execute("SELECT created, id, owner FROM jobs WHERE id = ?", (before,)).fetchone()
@@ -118,6 +127,12 @@ class JobStore(SqliteStore):
                 sql += " WHERE " + " AND ".join(where)
             rows = self._db.execute(sql + " ORDER BY created DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
         return [r for r in (self._row(row) for row in rows) if r is not None]
+
+    def count_by_state(self) -> dict[str, int]:
+        """Jobs per state (``/_edge/metrics``): read from the ``jobs_state`` index, not the rows."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
 
     def unfinished(self) -> JobRecords:
         marks = ", ".join("?" * len(FINAL))

@@ -29,13 +29,14 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import Request
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ...errors import PluginError
 from ...sdk.menu import MenuItem, MenuSection
@@ -392,9 +393,10 @@ class PluginTasks(Plugin):
         self.cancel_dir = Path(tempfile.mkdtemp(prefix="isthmus-tasks-cancel-"))
         for path, handler in (("submit_tasks/{sid}", self.submit_tasks), ("submit_form/{sid}", self.submit_form),
                               ("cancel_task/{sid}/{uid}", self.cancel_task),
-                              ("cancel_all_tasks/{sid}", self.cancel_all), ("wait_tasks/{sid}", self.wait_tasks),
-                              ("task_states/{sid}", self.task_states)):
+                              ("cancel_all_tasks/{sid}", self.cancel_all)):
             self.add_route_post(path, handler)
+        self.add_route_post("wait_tasks/{sid}", self.wait_tasks, reads=True)
+        self.add_route_post("task_states/{sid}", self.task_states, reads=True)
         self.add_route_get("list_tasks/{sid}", self.list_tasks)
         self.add_route_get("get_task/{sid}/{uid}", self.get_task)
         self.add_route_get("backends", self.backends)
@@ -409,6 +411,18 @@ class PluginTasks(Plugin):
     async def on_shutdown(self) -> None:
         await self.local.close()
         shutil.rmtree(self.cancel_dir, ignore_errors=True)
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        """Tasks kept by open sessions, by state: O(sessions x states), from the per-state indexes."""
+        totals = dict.fromkeys(TaskState, 0)
+        for session in list(self._sessions.values()):
+            if isinstance(session, TasksSession):
+                for state, numbers in session.by_state.items():
+                    totals[state] += len(numbers)
+        tasks = GaugeMetricFamily("isthmus_edge_tasks", "Tasks kept by open sessions, by state.", labels=["state"])
+        for state, count in totals.items():
+            tasks.add_metric([state.value], count)
+        yield tasks
 
     def mark_cancelled(self, keys: set[str]) -> None:
         for key in keys:
