@@ -166,13 +166,22 @@ NAVIGATION = re.compile(r"\b(?:window\.open|location\s*\.\s*(?:assign|replace|hr
 
 def test_the_explorer_never_navigates_the_top_window() -> None:
     """Item 2: a proxied URL is never opened as a page; links are hash routes only."""
-    files = [ROOT / "src/isthmus/bridge/explorer/static/app.js",
+    static = ROOT / "src/isthmus/bridge/explorer/static"
+    files = [*sorted(static.glob("*.js")), *sorted(static.glob("pages/*.js")),
              *sorted((ROOT / "src/isthmus/plugins").glob("*/ui.js"))]
+    assert len(files) > 5
     for path in files:
         text = path.read_text()
         assert not NAVIGATION.findall(text), f"{path}: {NAVIGATION.findall(text)}"
+        hash_bases = set(re.findall(r"const (\w+) = [`'\"]#", text))  # e.g. const base = `#/...`
         for href in re.findall(r"href:\s*([^,}]+)", text):
-            assert "pluginHref" in href or href.strip().startswith("'#"), f"{path}: href {href}"
+            expr = href.strip()
+            first = re.split(r"[\s(.?]", expr, maxsplit=1)[0]
+            assert (first in ("pluginHref", "menuHref", "PAGES") or expr[:2] in ("'#", "`#")
+                    or (expr.startswith("v === ") and hash_bases)
+                    or (expr == "url" and "URL.createObjectURL(" in text)), f"{path}: href {href}"
+        for blob in re.findall(r"href:\s*url,\s*([^}]*)", text):  # a download made in the page
+            assert "download:" in blob, f"{path}: a blob link without download"
 
 
 # -- item 12: ui_config endpoints ----------------------------------------------------------------------

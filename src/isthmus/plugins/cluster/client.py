@@ -46,3 +46,10 @@ class ClusterClient(PluginClient):
 
     def metric(self, metric_id: str, scope: str = "cluster") -> dict[str, Any]:
         return cast(dict[str, Any], self._get(f"metric/{metric_id}", scope=scope))
+
+    def history(self, metric: str | None = None, node: str | None = None, partition: str | None = None,
+                room: str | None = None, since: float | None = None) -> dict[str, Any]:
+        """Metrics over time as chart columns (``series``, ``data`` = [times, values...]); without
+        ``metric``, what is kept. Scope: one of ``node``/``partition``/``room`` (names, commas, ``*``)."""
+        return cast(dict[str, Any], self._get("history", metric=metric, node=node, partition=partition, room=room,
+                                              since=since))

@@ -13,6 +13,9 @@ class ClusterConfig(BaseModel):
 
     topology_file: str | None = Field(None, description="YAML topology of this edge's machine room.")
     refresh_interval: float = Field(5.0, gt=0, description="Seconds between snapshots of the scheduler.")
-    history: int = Field(120, ge=1, le=10_000, description="Metric samples kept per node.")
+    history: int = Field(240, ge=1, le=10_000,
+                         description="Samples kept for charts (× history_interval = the span; 240 × 15 s = 1 h).")
+    history_interval: float = Field(15.0, ge=1, le=3600,
+                                    description="Seconds between history samples (taken at snapshot builds).")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     mapping: NodeMapping = Field(default_factory=NodeMapping)

@@ -6,7 +6,8 @@ its ``generation`` (``BatchSystem.changed()``: a simulator incident, mode, overr
 here ...) and this plugin's own generation (mapping, config); a read that finds either moved
 builds a new one first. That costs one tuple comparison per read, whichever plugin made the
 change, in this process. Every answer made from a snapshot says when its data was read:
-``as_of`` (unix seconds) and ``age`` (seconds).
+``as_of`` (unix seconds) and ``age`` (seconds). A snapshot built at least ``history_interval``
+after the last sample also becomes one in the history ring (``history.py``, ``GET history``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...types import Role
 from .config import ClusterConfig
+from .history import METRICS, History, label, select
 from .mapping import NodeMapping
 from .topology import Topology, from_dict, load_topology, unplaced
-from .view import CATALOG, ClusterView, History
+from .view import CATALOG, ClusterView
 
 log = logging.getLogger("isthmus.plugins.cluster")
 MAX_REASON = 200
@@ -69,7 +71,7 @@ class PluginCluster(Plugin):
         super().__init__(app, instance_name)
         self.mapping = self.config.mapping
         self.view: ClusterView | None = None
-        self.history = History(self.config.history)
+        self.history = History(self.config.history, self.config.history_interval)
         self._topology: Topology | None = None
         self._refreshing: asyncio.Task[ClusterView] | None = None
         self._refreshing_key: ViewKey | None = None
@@ -81,7 +83,7 @@ class PluginCluster(Plugin):
         for path, handler in (("summary", self.summary), ("partitions", self.partitions), ("nodes", self.nodes),
                               ("node/{name}", self.node), ("rooms", self.rooms), ("room/{room_id}", self.room),
                               ("metrics_catalog", self.metrics_catalog), ("metric/{metric_id}", self.metric),
-                              ("mapping", self.get_mapping)):
+                              ("mapping", self.get_mapping), ("history", self.get_history)):
             self.add_route_get(path, handler)
         self.add_route_put("mapping", self.put_mapping)
         self.add_route_post("node/{name}/drain", self.drain)
@@ -92,6 +94,8 @@ class PluginCluster(Plugin):
             MenuItem(id="cluster-rooms", label="Rooms", path="/cluster/rooms", icon="grid"),
             MenuItem(id="cluster-nodes", label="Nodes", path="/cluster/nodes", icon="list"),
             MenuItem(id="cluster-partitions", label="Partitions", path="/cluster/partitions", icon="layers"),
+            MenuItem(id="cluster-charts", label="Charts", path="/cluster/charts", icon="activity"),
+            MenuItem(id="cluster-wallboard", label="Wallboard", path="/cluster/wallboard", icon="monitor"),
         ])]
 
     async def on_startup(self) -> None:
@@ -104,7 +108,9 @@ class PluginCluster(Plugin):
     async def on_config_reload(self, config: ClusterConfig) -> None:
         self.mapping = config.mapping
         self._topology = None
-        self.history = History(config.history)
+        if config.history != self.history.size:  # a new size starts a new ring; a new interval keeps it
+            self.history = History(config.history, config.history_interval)
+        self.history.interval = config.history_interval
         self.invalidate()
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -146,7 +152,8 @@ class PluginCluster(Plugin):
             return view  # a newer snapshot is already in place: answer with this one, keep that one
         self._announce(self.view, view)
         self.view, self._view_key, self._installed = view, key, number
-        self.history.record(view)
+        clock = getattr(system, "now", None)  # a scheduler's own time (the simulator's), for job waits
+        self.history.maybe_record(view, clock if isinstance(clock, (int, float)) else None)
         return view
 
     def _announce(self, old: ClusterView | None, new: ClusterView) -> None:
@@ -214,6 +221,8 @@ class PluginCluster(Plugin):
     async def nodes(self, request: Request) -> dict[str, Any]:
         view = await self.current()
         nodes = view.select(self._q(request, "room"), self._q(request, "state"), self._q(request, "partition"))
+        if request.query_params.get("metrics") in ("1", "true"):  # for lists sorted by temperature, power...
+            return {"nodes": nodes, **self._as_of(view)}
         return {"nodes": [{k: v for k, v in n.items() if k != "metrics"} for n in nodes], **self._as_of(view)}
 
     async def node(self, request: Request) -> dict[str, Any]:
@@ -223,7 +232,10 @@ class PluginCluster(Plugin):
         if node is None:
             raise PluginError(f"no node {name!r}", 404)
         jobs = [j.to_dict() for j in view.jobs if name in j.nodes]
-        return {**node, "jobs": jobs, "history": self.history.get(name), **self._as_of(view)}
+        metrics = ("util", "load", "temperature", "power")
+        columns = self.history.read([("node", name, m) for m in metrics])
+        history = {"time": columns[0], **dict(zip(metrics, columns[1:], strict=True))}
+        return {**node, "jobs": jobs, "history": history, **self._as_of(view)}
 
     async def rooms(self, request: Request) -> dict[str, Any]:
         view = await self.current()
@@ -248,6 +260,31 @@ class PluginCluster(Plugin):
         except KeyError as exc:
             raise PluginError(str(exc.args[0]), 404) from exc
         return {**value, **self._as_of(view)}
+
+    async def get_history(self, request: Request) -> dict[str, Any]:
+        """``GET history?metric=&node=|partition=|room=&since=``: columns for charts; without
+        ``metric``, what is kept (metrics and scopes, interval, samples, bytes)."""
+        view = await self.current()
+        q = request.query_params
+        if not q.get("metric"):
+            return {**self.history.catalog(), **self._as_of(view)}
+        try:
+            since = float(q["since"]) if q.get("since") else None
+        except ValueError as exc:
+            raise PluginError("since must be unix seconds (a number)", 422) from exc
+        try:
+            scope, keys = select(self.history, view, q.get("metric"), q.get("node"), q.get("partition"),
+                                 q.get("room"))
+        except LookupError as exc:
+            raise PluginError(str(exc.args[0]), 404) from exc
+        except ValueError as exc:
+            raise PluginError(str(exc), 422) from exc
+        several_targets = len({k[1] for k in keys}) > 1
+        several_metrics = len({k[2] for k in keys}) > 1
+        return {"scope": scope, "interval": self.history.interval,
+                "series": [{"label": label(k, several_targets, several_metrics), "target": k[1], "metric": k[2],
+                            "unit": METRICS[k[2]].unit} for k in keys],
+                "data": self.history.read(keys, since), **self._as_of(view)}
 
     async def get_mapping(self, request: Request) -> dict[str, Any]:
         view = await self.current()

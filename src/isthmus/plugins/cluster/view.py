@@ -8,7 +8,6 @@ answer made from it says so (``as_of``, see the cluster plugin).
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 from ...jobstates import JobState
@@ -154,19 +153,3 @@ class ClusterView:
         }
         return {"id": metric_id, "scope": scope, "value": values[metric_id], "unit": entry["unit"], "time": self.time}
 
-
-class History:
-    """The last few metric samples per node, for node detail pages."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._samples: dict[str, deque[dict[str, Any]]] = {}
-
-    def record(self, view: ClusterView) -> None:
-        for name, node in view.nodes.items():
-            if node["metrics"]:
-                ring = self._samples.setdefault(name, deque(maxlen=self.size))
-                ring.append({"time": view.time, **node["metrics"]})
-
-    def get(self, name: str) -> list[dict[str, Any]]:
-        return list(self._samples.get(name, ()))

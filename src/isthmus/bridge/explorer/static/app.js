@@ -28,7 +28,12 @@ export function el(tag, attrs = {}, ...children) {
 const state = {
   me: null, edges: {}, menu: [], sessions: new Map(), queueData: {}, tasks: new Map(),
   pages: new Map(), current: null, source: null, lastEventId: null,
+  recent: [],  // the last notifications, newest first (the dashboard shows them)
+  builtin: null,  // the Explorer's own page on screen (dashboard, jobs, files): gets events too
 };
+
+// Read-only access for the Explorer's own page modules (static/pages/*.js).
+export function explorerState() { return state; }
 
 // -- HTTP ------------------------------------------------------------------------------------
 
@@ -40,7 +45,11 @@ export async function request(path, options = {}) {
     opts.headers['content-type'] = 'application/json';
   }
   const resp = await fetch(path, opts);
-  if (resp.status === 401 && state.me) { showLogin('Your session ended; log in again.'); }
+  if (resp.status === 401 && state.me) {
+    // an OIDC session's access token expired: renew it once, then ask for a login
+    if (!options.renewed && await renewSession()) return request(path, { ...options, renewed: true });
+    showLogin('Your session ended; log in again.');
+  }
   return resp;
 }
 
@@ -138,7 +147,7 @@ function noteState(key, value) {
   if (recentStates.size > 500) recentStates.delete(recentStates.keys().next().value);
 }
 
-function registerTask(plugin, id, label) {
+export function registerTask(plugin, id, label) {
   const key = `${plugin}:${id}`;
   state.tasks.set(key, { plugin, id, label: label || id, state: recentStates.get(key) || 'NEW' });
   renderTasks();
@@ -158,7 +167,7 @@ function noteEvent(text) {
 
 // -- sessions and the plugin api (seed 000, section 3.6.3) -------------------------------------
 
-async function getSession(edge, plugin) {
+export async function getSession(edge, plugin) {
   const key = `${edge}/${plugin}`;
   if (!state.sessions.has(key)) {
     const promise = requestJson(pluginUrl(edge, plugin, 'register_session'), { method: 'POST', body: {} })
@@ -214,6 +223,35 @@ function showLogin(message) {
   setStream('offline');
   if (message) flash(message, false);
   $('#token').focus();
+  showOidcLogin();
+}
+
+// The single sign-on button, when the bridge has auth.oidc (GET /auth/oidc/config).
+let oidcConfig = null;
+async function oidcEnabled() {
+  if (oidcConfig === null) {
+    try {
+      const resp = await fetch('/auth/oidc/config', { credentials: 'same-origin' });
+      oidcConfig = resp.ok ? await resp.json() : { enabled: false };
+    } catch { return false; }
+  }
+  return oidcConfig.enabled === true;
+}
+
+async function showOidcLogin() {
+  const enabled = await oidcEnabled();
+  $('#oidc-login').classList.toggle('hidden', !enabled);
+  if (enabled) $('#oidc-button').textContent = `Log in with ${oidcConfig.label || 'single sign-on'}`;
+}
+
+// One renewal at a time however many requests saw the 401; true when the session is back.
+let renewing = null;
+async function renewSession() {
+  if (!await oidcEnabled()) return false;
+  renewing ??= fetch('/auth/oidc/refresh', { method: 'POST', credentials: 'same-origin' })
+    .then(resp => resp.ok, () => false)
+    .finally(() => { setTimeout(() => { renewing = null; }, 0); });
+  return renewing;
 }
 
 async function login(event) {
@@ -263,6 +301,9 @@ function connectEvents() {
 
 function onNotification(n) {
   const data = n.data || {};
+  state.recent.unshift({ time: Date.now(), edge: n.edge, plugin: n.plugin, topic: n.topic, data });
+  if (state.recent.length > 100) state.recent.length = 100;
+  state.builtin?.notify?.(n);
   const id = data.job_id ?? data.uid ?? data.name ?? data.id;
   noteEvent(`${n.edge}/${n.plugin} ${n.topic} ${id ?? ''} ${data.state ?? data.severity ?? ''}`);
   if (id !== undefined && data.state) noteState(`${n.plugin}:${id}`, data.state);
@@ -288,6 +329,7 @@ function onNotification(n) {
 // the delta does not carry) are read from /edge/list, at most twice a second however many join.
 let edgesReload = null;
 function onTopology(delta) {
+  state.builtin?.topology?.(delta);
   for (const [name, conn] of Object.entries(delta.left || {})) {
     const known = state.edges[name];
     if (known && (!known.conn || known.conn === conn)) delete state.edges[name];
@@ -326,24 +368,41 @@ async function loadMenu() {
   renderNav();
 }
 
-function pluginHref(edge, plugin, view) {
+export function pluginHref(edge, plugin, view) {
   return `#/${encodeURIComponent(edge)}/${encodeURIComponent(plugin)}${view ? '/' + encodeURIComponent(view) : ''}`;
+}
+
+// The Explorer's own pages: '#/:name/...' (':' is never in an edge name, so no edge shadows them).
+export const PAGES = { dashboard: '#/', jobs: '#/:jobs', files: '#/:files' };
+const NAV_EDGES = 100;  // edges listed in the navigation; the dashboard pages through the rest
+
+// Where a menu item leads: the Explorer's Jobs and Files pages for psij and staging, else the
+// plugin's own page with the item's view (`/cluster/nodes` -> #/edge/cluster/nodes).
+export function menuHref(item) {
+  if (item.plugin === 'psij') return PAGES.jobs;
+  if (item.plugin === 'staging') return `${PAGES.files}/${encodeURIComponent(item.edge)}`;
+  const rest = String(item.path || '').split('/').filter(Boolean).slice(1).join('/');
+  return pluginHref(item.edge, item.plugin, rest);
 }
 
 function renderNav() {
   const nav = $('#nav');
-  const parts = [];
-  if (state.menu.length) {
-    parts.push(el('h3', { text: 'Menu' }));
-    for (const section of state.menu) {
-      const links = (section.items || []).map(item => {
-        const rest = String(item.path || '').split('/').filter(Boolean).slice(1).join('/');
-        return el('a', { href: pluginHref(section.edge, section.plugin, rest), text: `${item.label} (${section.edge})` });
-      });
-      parts.push(el('div', { class: 'menu-section' }, el('strong', { text: section.label }), ...links));
-    }
+  const parts = [el('div', { class: 'nav-pages' },
+    el('a', { href: PAGES.dashboard, text: 'Dashboard' }), el('a', { href: PAGES.jobs, text: 'Jobs' }),
+    el('a', { href: PAGES.files, text: 'Files' }))];
+  for (const section of state.menu) {
+    const links = (section.items || []).map(item => el('a', {
+      href: menuHref(item), class: 'menu-item', 'data-item': item.id, 'data-plugin': item.plugin,
+    }, el('span', { text: item.label }), item.edges > 1
+      ? el('small', { class: 'hint', text: ` ${item.edges} edges` })
+      : el('small', { class: 'hint', text: ` ${item.edge}` })));
+    parts.push(el('div', { class: 'menu-section', 'data-section': section.id },
+      el('h3', { text: section.label }), ...links));
   }
-  for (const [edge, info] of Object.entries(state.edges)) {
+  const names = Object.keys(state.edges);
+  if (names.length) parts.push(el('h2', { class: 'nav-title', text: 'Edges' }));
+  for (const edge of names.slice(0, NAV_EDGES)) {
+    const info = state.edges[edge];
     const header = el('h3', {}, el('span', { class: 'edge-name', text: edge }));
     if (state.me?.role === 'admin' && edge !== 'bridge') {
       header.append(el('button', { type: 'button', class: 'danger', 'aria-label': `Disconnect ${edge}`,
@@ -357,28 +416,54 @@ function renderNav() {
       if (manifest.error) parts.push(el('div', { class: 'err', text: manifest.error }));
     }
   }
-  if (!Object.keys(state.edges).length) parts.push(el('p', { class: 'hint', text: 'No edges connected.' }));
+  if (names.length > NAV_EDGES) {
+    parts.push(el('a', { href: PAGES.dashboard, class: 'hint', text: `${names.length - NAV_EDGES} more edges: see the dashboard` }));
+  }
+  if (!names.length) parts.push(el('p', { class: 'hint', text: 'No edges connected.' }));
   nav.replaceChildren(...parts);
   markActive();
 }
 
 function markActive() {
-  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('href') === location.hash);
+  const here = location.hash.split('?')[0] || '#/';
+  for (const a of document.querySelectorAll('#nav a')) {
+    const on = a.getAttribute('href') === here;
+    a.classList.toggle('active', on);
+    if (on) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  }
 }
 
 // -- pages ------------------------------------------------------------------------------------
 
 function parseRoute() {
-  const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
+  const parts = location.hash.replace(/^#\/?/, '').split('?')[0].split('/').filter(Boolean).map(decodeURIComponent);
   return { edge: parts[0], plugin: parts[1], view: parts.slice(2).join('/') || null };
 }
 
+// The Explorer's own page modules, loaded when first shown.
+const BUILTIN = { '': './pages/dashboard.js', ':jobs': './pages/jobs.js', ':files': './pages/files.js' };
+
+// Each navigation's number: a page that finishes loading after a later navigation is not shown.
+let routeCount = 0;
+
 async function route() {
+  const mine = ++routeCount;
   markActive();
   const { edge, plugin, view } = parseRoute();
   const main = $('#main');
   for (const page of state.pages.values()) page.hide?.();
-  if (!edge || !plugin) { renderHome(main); return; }
+  state.builtin?.hide?.();
+  state.builtin = null;
+  const builtin = BUILTIN[edge ?? ''];
+  if (builtin !== undefined && (!plugin || edge?.startsWith(':'))) {
+    const mod = await import(builtin);
+    if (mine !== routeCount) return;
+    const page = mod.render(main, { edge: plugin, rest: view, query: new URLSearchParams(location.hash.split('?')[1] || '') });
+    state.builtin = page;
+    main.focus();
+    return;
+  }
+  if (!edge || !plugin) { main.replaceChildren(el('p', { text: `No page ${edge}.` })); return; }
   if (plugin === '_config' && view) { await renderConfig(main, edge, view); return; }
   const manifest = state.edges[edge]?.plugins?.[plugin];
   if (!manifest) { main.replaceChildren(el('p', { text: `No plugin ${plugin} on edge ${edge}.` })); return; }
@@ -388,18 +473,10 @@ async function route() {
     page = manifest.ui_module ? await modulePage(edge, plugin, manifest) : generatedPage(edge, plugin, manifest);
     state.pages.set(key, page);
   }
+  if (mine !== routeCount) return;
   main.replaceChildren(page.root);
   page.show?.(view);
   main.focus();
-}
-
-function renderHome(main) {
-  const rows = Object.entries(state.edges).map(([edge, info]) => el('tr', {},
-    el('td', { text: edge }), el('td', { text: info.host || '' }),
-    el('td', { text: Object.keys(info.plugins || {}).join(', ') })));
-  main.replaceChildren(el('div', { class: 'card' }, el('h2', { text: 'Edges' }),
-    el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'Edge' }), el('th', { text: 'Host' }),
-      el('th', { text: 'Plugins' }))), el('tbody', {}, ...rows))));
 }
 
 async function modulePage(edge, plugin, manifest) {
@@ -705,7 +782,10 @@ async function renderConfig(main, edge, plugin) {
 
 async function start() {
   let me;
-  try { me = await requestJson('/auth/whoami'); } catch { showLogin(); return; }
+  try { me = await requestJson('/auth/whoami'); } catch (err) {
+    if (err.status !== 401 || !await renewSession()) { showLogin(); return; }
+    try { me = await requestJson('/auth/whoami'); } catch { showLogin(); return; }
+  }
   state.me = me;
   $('#who').textContent = `${me.name} (${me.role})`;
   $('#login').classList.add('hidden');

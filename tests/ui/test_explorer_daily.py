@@ -1,0 +1,278 @@
+"""The Explorer's everyday pages in a real chromium against `isthmus demo`: the dashboard,
+merged menus, the Jobs page (composer, live state, output tail), the Files page (a 50 MB
+upload with progress, downloaded back), axe-core and a phone's width.
+
+Screenshots go to docs/img/ (used by docs/explorer.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from isthmus.testing.stack import Stack, poll_for
+from tests.ui.axe import check_axe
+from tests.ui.conftest import login
+
+DOCS_IMG = Path(__file__).parents[2] / "docs" / "img"
+
+
+def api(demo: dict[str, str], method: str, path: str, **kwargs: Any) -> Any:
+    resp = httpx.request(method, demo["url"] + path, headers={"Authorization": f"Bearer {demo['token']}"},
+                         timeout=30, **kwargs)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def session(demo: dict[str, str], plugin: str) -> str:
+    sid: str = api(demo, "POST", f"/demo/{plugin}/register_session")["sid"]
+    return sid
+
+
+def doc_shot(page: Any, name: str) -> None:
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS_IMG / f"{name}.png"))
+
+
+def stat(page: Any, key: str) -> int:
+    return int(page.inner_text(f"[data-edge='demo'] [data-stat='{key}'] .stat-value"))
+
+
+def test_dashboard_shows_the_api_numbers(page, demo) -> None:
+    api(demo, "POST", "/demo/simulator/incident", json={"type": "node_down", "target": "c011", "duration": 600})
+    poll_for(lambda: api(demo, "GET", "/demo/cluster/summary")["by_severity"]["CRIT"] >= 1, 20,
+             what="the down node in the cluster summary")
+    login(page, demo)
+    page.wait_for_selector("[data-edge='demo'] [data-stat='sev-CRIT']")
+    qsid = session(demo, "queue_info")
+
+    def api_numbers() -> dict[str, int]:
+        summary = api(demo, "GET", "/demo/cluster/summary")["by_severity"]
+        jobs = api(demo, "GET", f"/demo/queue_info/list_all_jobs/{qsid}?user=*")["jobs"]
+        parts = api(demo, "GET", "/demo/cluster/partitions")["partitions"]
+        return {**{f"sev-{k}": v for k, v in summary.items()},
+                "running": sum(j["state"] == "RUNNING" for j in jobs),
+                "pending": sum(j["state"] == "PENDING" for j in jobs),
+                **{f"free-{p['name']}": p["idle_nodes"] for p in parts},
+                **{f"total-{p['name']}": p["total_nodes"] for p in parts}}
+
+    def shown() -> dict[str, int]:
+        out = {k: stat(page, k) for k in ("sev-OK", "sev-WARN", "sev-CRIT", "sev-UNKNOWN", "running", "pending")}
+        for row in page.query_selector_all("[data-edge='demo'] tr[data-partition]"):
+            name = row.get_attribute("data-partition")
+            out[f"free-{name}"] = int(row.query_selector(".free").inner_text())
+            out[f"total-{name}"] = int(row.query_selector(".total").inner_text())
+        return out
+
+    seen: list[tuple[dict[str, int], dict[str, int]]] = []
+
+    def equal() -> bool:
+        # the simulator moves on between two reads: re-render and compare until both agree
+        before, ui, after = api_numbers(), shown(), api_numbers()
+        seen.append((ui, after))
+        if ui == before or ui == after:
+            return True
+        page.goto(demo["url"] + "/#/:jobs")
+        page.goto(demo["url"] + "/#/")
+        page.wait_for_selector("[data-edge='demo'] [data-stat='running']")
+        return False
+
+    poll_for(equal, 60, what=f"the dashboard's numbers to equal the API's (last: {seen[-1:]})")
+    assert stat(page, "sev-CRIT") >= 1
+    assert len([k for k in seen[-1][0] if k.startswith("total-")]) == 2  # cpu and gpu partitions
+    assert "CRIT" in page.get_attribute("[data-edge='demo'] .dot", "class")
+    # notifications arrive live in "Recent notifications"
+    api(demo, "POST", "/demo/simulator/incident", json={"type": "node_down", "target": "c012", "duration": 600})
+    page.wait_for_selector(".recent li:has-text('demo/cluster')", timeout=30000)
+    doc_shot(page, "dashboard")
+    assert page.errors == []
+
+
+def test_menu_sections_merge_and_items_open_distinct_views(page, demo) -> None:
+    sections = api(demo, "GET", "/menu")["sections"]
+    ids = [s["id"] for s in sections]
+    assert len(ids) == len(set(ids)), f"a section twice: {ids}"
+    workload = next(s for s in sections if s["id"] == "workload")
+    plugins = {i["plugin"] for i in workload["items"]}
+    assert {"psij", "queue_info", "tasks"} <= plugins, "three plugins' Workload sections are one"
+    assert sorted(workload["plugins"]) == sorted(plugins)
+    login(page, demo)
+    assert page.locator("#nav .menu-section[data-section='workload']").count() == 1
+    labels = page.locator("#nav .menu-section[data-section='workload'] a span").all_inner_texts()
+    assert {"Jobs", "Queues", "Tasks"} <= set(labels) and len(labels) == len(workload["items"])
+    hrefs = page.locator("#nav a.menu-item").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert len(hrefs) == sum(len(s["items"]) for s in sections)
+    assert len(set(hrefs)) == len(hrefs), f"two menu items open the same view: {hrefs}"
+    assert {"#/demo/cluster/rooms", "#/demo/cluster/nodes", "#/demo/cluster/partitions", "#/:jobs",
+            "#/:files/demo"} <= set(hrefs)
+    page.click("#nav a.menu-item[data-item='jobs']")
+    page.wait_for_selector(".jobs-page")
+    assert page.get_attribute("#nav a.menu-item[data-item='jobs']", "aria-current") == "page"
+    page.click("#nav a.menu-item[data-item='files']")
+    page.wait_for_selector(".files-page")
+    assert page.errors == []
+
+
+def test_composer_job_is_live_and_its_output_grows(page, demo) -> None:
+    login(page, demo)
+    page.goto(demo["url"] + "/#/:jobs")
+    page.wait_for_selector(".composer select[name='edge'] option[value='demo']", state="attached")
+    page.fill(".composer input[name='name']", "ticker")
+    page.fill(".composer input[name='executable']", "/bin/sh")
+    page.fill(".composer input[name='arguments']", "-c 'for i in 1 2 3 4 5 6 7 8; do echo tick$i; sleep 1; done'")
+    page.fill(".composer input[name='template-name']", "ticker-template")
+    page.click(".composer button:has-text('Save template')")
+    page.click(".composer button[type=submit]")
+    page.wait_for_selector(".job-detail .detail-state .st-RUNNING", timeout=20000)
+    job_id = page.get_attribute("tbody tr.selected", "data-job")
+    assert job_id
+    row = f"tbody tr[data-job='{job_id}']"
+    page.wait_for_selector(f"{row} .st-RUNNING")
+    page.wait_for_selector(".job-stdout:has-text('tick1')", timeout=15000)
+    early = len(page.inner_text(".job-stdout"))
+    page.wait_for_selector(".job-stdout:has-text('tick3')", timeout=15000)
+    assert len(page.inner_text(".job-stdout")) > early
+    assert page.locator(f"{row} .st-RUNNING").count() == 1, "the output grew while the job ran"
+    doc_shot(page, "jobs")
+    page.wait_for_selector(f"{row} .st-DONE", timeout=30000)  # from the job_status event
+    assert page.inner_text(".job-stdout").split() == [f"tick{i}" for i in range(1, 9)]
+    sid = session(demo, "psij")
+    assert api(demo, "GET", f"/demo/psij/job_status/{sid}/{job_id}")["state"] == "DONE"
+    page.select_option(".toolbar select[name='state']", "FAILED")
+    assert page.locator(row).count() == 0
+    page.select_option(".toolbar select[name='state']", "DONE")
+    assert page.locator(row).count() == 1
+    # the template survives a reload (localStorage of this browser)
+    page.reload()
+    page.wait_for_selector(".composer select[name='template'] option[value='ticker-template']", state="attached")
+    page.select_option(".composer select[name='template']", "ticker-template")
+    assert page.input_value(".composer input[name='executable']") == "/bin/sh"
+    assert page.errors == []
+
+
+def test_upload_50_mb_with_progress_and_download_it_back(page, demo, tmp_path) -> None:
+    folder = Path("/tmp") / f"isthmus-ui-{os.getpid()}"  # inside the staging sandbox's default roots
+    folder.mkdir(exist_ok=True)
+    try:
+        upload_and_download(page, demo, tmp_path, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def upload_and_download(page: Any, demo: dict[str, str], tmp_path: Path, folder: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(50 * 1024 * 1024))
+    expected = hashlib.sha256(source.read_bytes()).hexdigest()
+    login(page, demo)
+    page.goto(demo["url"] + "/#/:files/demo")
+    page.wait_for_selector(".files-page table")
+    page.fill(".files-page input[name='path']", str(folder))
+    page.click(".files-page .toolbar button[type=submit]")
+    page.wait_for_selector(f".files-page [role=status]:has-text('{folder}')")
+    page.evaluate("""() => { window.__progress = []; const bar = document.querySelector('.upload-progress');
+        new MutationObserver(() => window.__progress.push(bar.value / bar.max))
+          .observe(bar, { attributes: true }); }""")
+    page.set_input_files(".upload-form input[type=file]", str(source))
+    page.click(".upload-form button[type=submit]")
+    page.wait_for_selector(f".checksum-result[data-sha256='{expected}']", timeout=120000)
+    steps = page.evaluate("window.__progress")
+    assert any(0 < v < 1 for v in steps), f"no intermediate progress was shown: {steps[:10]}"
+    assert hashlib.sha256((folder / "big.bin").read_bytes()).hexdigest() == expected
+    page.wait_for_selector("tr[data-name='big.bin']")
+    assert "50.0 MiB" in page.inner_text("tr[data-name='big.bin']")
+    page.click("tr[data-name='big.bin'] button:has-text('Checksum')")
+    page.wait_for_selector(f"tr[data-name='big.bin'] td.sha:has-text('{expected}')")
+    doc_shot(page, "files")
+    with page.expect_download(timeout=120000) as info:
+        page.click("tr[data-name='big.bin'] button:has-text('Download')")
+    saved = tmp_path / "back.bin"
+    info.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == expected
+    # mkdir and delete
+    page.fill(".files-page input[name='dirname']", "made-here")
+    page.click(".files-page button:has-text('Create')")
+    page.wait_for_selector("tr[data-name='made-here'][data-type='dir']")
+    assert (folder / "made-here").is_dir()
+    page.once("dialog", lambda d: d.accept())
+    page.click("tr[data-name='big.bin'] button:has-text('Delete')")
+    page.wait_for_selector("tr[data-name='big.bin']", state="detached")
+    assert not (folder / "big.bin").exists()
+    assert page.errors == []
+
+
+def test_axe_finds_no_serious_violations_and_phone_width_fits(browser, demo) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        login(page, demo)
+        for route, ready in (("#/", "[data-edge='demo'] .stats"), ("#/:jobs", ".jobs-page tbody tr"),
+                             ("#/:files/demo", ".files-page tbody tr")):
+            for width, height in ((1280, 800), (390, 844)):
+                page.set_viewport_size({"width": width, "height": height})
+                page.goto(f"{demo['url']}/{route}")
+                page.wait_for_selector(ready)
+                assert check_axe(page) == [], f"{route} at {width}px"
+                overflow = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+                assert overflow <= 1, f"{route}: horizontal overflow of {overflow}px at {width}px"
+            if route == "#/":
+                doc_shot(page, "dashboard-phone")
+        # keyboard: the nav's page links are reachable with Tab and open their view with Enter
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(demo["url"] + "/#/")
+        page.focus("#nav a[href='#/:jobs']")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".jobs-page")
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_task_throughput_chart_follows_a_batch(page, demo) -> None:
+    login(page, demo)
+    page.wait_for_selector(".throughput .chart-box canvas")
+    sid = session(demo, "tasks")
+    uids = api(demo, "POST", f"/demo/tasks/submit_form/{sid}",
+               json={"executable": "/bin/true", "arguments": [], "count": 300})["uids"]
+    assert len(uids) == 300
+    poll_for(lambda: api(demo, "GET", f"/demo/tasks/list_tasks/{sid}?limit=0")["counts"].get("DONE") == 300, 60,
+             what="300 tasks done")
+    poll_for(lambda: page.get_attribute(".throughput [data-total]", "data-total") == "300", 20,
+             what="every finished task counted from the events")
+    summary = page.locator(".throughput .ts-summary")
+    poll_for(lambda: "samples" in summary.inner_text(), 10, what="the chart's summary")
+    doc_shot(page, "throughput")
+    assert page.errors == []
+
+
+def test_menu_merges_across_edges_per_distinct_manifest(tmp_path) -> None:
+    """Two edges with the same plugins: one Workload section, each item once with edges == 2;
+    a third edge with only tasks adds to the tasks item's count alone."""
+    with Stack(plugins=["psij", "tasks"], edge="alpha") as s:
+        headers = {"Authorization": f"Bearer {s.admin_token}"}
+        env = {**os.environ, "ISTHMUS_EDGE_TOKEN": s.edge_token, "XDG_STATE_HOME": str(tmp_path)}
+        others = [subprocess.Popen([sys.executable, "-m", "isthmus", "edge", "--bridge", f"ws://127.0.0.1:{s.port}",
+                                    "--name", name, "--plugins", ",".join(plugins)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for name, plugins in (("beta", ["psij", "tasks"]), ("gamma", ["tasks"]))]
+        try:
+            poll_for(lambda: httpx.get(f"{s.url}/edge/list", headers=headers).json()["count"] == 3, 30,
+                     what="three edges")
+            sections = httpx.get(f"{s.url}/menu", headers=headers).json()["sections"]
+            workload = [x for x in sections if x["id"] == "workload"]
+            assert len(workload) == 1
+            items = {i["id"]: i for i in workload[0]["items"]}
+            assert set(items) == {"jobs", "tasks"}
+            assert (items["jobs"]["edges"], items["jobs"]["edge"]) == (2, "alpha")
+            assert items["tasks"]["edges"] == 3
+        finally:
+            for proc in others:
+                proc.terminate()
+                proc.wait(15)
