@@ -29,6 +29,7 @@ from ..runtime.host import PluginHost
 from ..types import Principal
 from ..wire import protocol as P
 from ..wire.peer import Handler, Peer
+from .calls import BridgeLinkCalls
 
 log = logging.getLogger("isthmus.edge")
 
@@ -71,6 +72,10 @@ class EdgeService:
         host.on_manifest_change = self._send_manifest
         for plugin in host.active():
             plugin._notify_sink = self.notify
+        self.max_body = P.INLINE_BODY_MAX  # until the bridge's welcome says its limit
+        self.calls = BridgeLinkCalls(name, lambda: self.peer if self.connected.is_set() else None, token,
+                                     self.bridge_urls, lambda: self.max_body)
+        host.edge_calls = self.calls  # Plugin.edge_calls: this edge's children, through the bridge
 
     def _handlers(self, peer: Peer) -> dict[str, Handler]:
         return {
@@ -79,6 +84,7 @@ class EdgeService:
             P.TOPOLOGY: self._on_topology,
             P.SHUTDOWN: self._on_shutdown,
             **self.dispatcher.handlers(peer),
+            **BridgeLinkCalls.handlers(peer),  # answers to this edge's own calls (edge/calls.py)
         }
 
     # -- notifications (any thread) -----------------------------------------------------------
@@ -210,6 +216,8 @@ class EdgeService:
         self.last_refusal = None
         key = frame.get("key")
         self.key = key if isinstance(key, str) else None
+        if isinstance(frame.get("max_body"), int):
+            self.max_body = frame["max_body"]
         self.connected.set()
         log.info("connected to bridge %s as %s", self.bridge_url, self.name)
 

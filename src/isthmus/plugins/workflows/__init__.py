@@ -1,0 +1,1 @@
+"""Workflows across edges, hosted on the bridge: a DAG of jobs, task batches and transfers."""
