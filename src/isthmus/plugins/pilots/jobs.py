@@ -9,7 +9,6 @@ holding the child edge's config, and, between submission and connection, its tok
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -46,7 +45,7 @@ class PilotJobs:
         self.config = config
 
     def executor(self) -> str:
-        name: str = self.psij._executor_name(self.config.executor)
+        name: str = self.psij.executor_name(self.config.executor)
         return name
 
     async def check_partition(self, spec: PoolSpec) -> None:
@@ -113,12 +112,11 @@ class PilotJobs:
                "spec": job_spec, "state": JobState.NEW.value, "exit_code": None, "message": None,
                "workdir": str(directory), "stdout_path": job_spec["stdout_path"],
                "stderr_path": job_spec["stderr_path"], "exit_file": str(directory / "exit_code")}
-        self.psij._prepare(rec)
-        self.psij._submit(rec)
+        self.psij.submit_record(rec)
 
     def status(self, job_id: str) -> tuple[str, str | None, str | None]:
         """(psij state, native id, message) of the pilot's job."""
-        rec = self.psij.store.get(job_id)
+        rec = self.psij.job_record(job_id)
         if rec is None:
             return JobState.FAILED.value, None, "the job record is gone"
         return rec["state"], rec["native_id"], rec["message"]
@@ -138,10 +136,7 @@ class PilotJobs:
 
     async def cancel(self, job_id: str, native_id: str | None) -> None:
         """Cancel the pilot's batch job (scancel through PSI/J; the batch system if psij lost it)."""
-        job = self.psij._live.get(job_id)
-        if job is not None:
-            await asyncio.to_thread(job.cancel)
-        elif native_id is not None:
+        if not await self.psij.cancel_record(job_id) and native_id is not None:
             await schedulers.current().cancel(native_id)
 
     def clean(self, job_id: str) -> None:

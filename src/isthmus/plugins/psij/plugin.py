@@ -308,6 +308,30 @@ class PluginPsij(Plugin):
         asyncio.get_running_loop().run_in_executor(None, self._submit, rec)  # returns at once
         return {"job_id": job_id, "executor": executor_name, "state": JobState.NEW.value}
 
+    # -- for other plugins on this edge (pilots submits its pilot jobs as psij records) ---------------
+
+    def executor_name(self, asked: str = "auto") -> str:
+        """The PSI/J executor ``asked`` means on this edge (``auto``: the edge's batch system)."""
+        return self._executor_name(asked)
+
+    def submit_record(self, rec: dict[str, Any]) -> None:
+        """Store a complete job record and submit it (blocking: call from a thread). It then lives
+        like any job here: followed, re-attached after a restart, listed, pruned."""
+        self._prepare(rec)
+        self._submit(rec)
+
+    def job_record(self, job_id: str) -> dict[str, Any] | None:
+        return self.store.get(job_id)
+
+    async def cancel_record(self, job_id: str) -> bool:
+        """Cancel a job this edge follows; False when it follows no such job (after a restart,
+        before re-attaching: cancel it through the batch system instead)."""
+        job = self._live.get(job_id)
+        if job is None:
+            return False
+        await asyncio.to_thread(job.cancel)
+        return True
+
     def _prepare(self, rec: dict[str, Any]) -> None:
         Path(rec["workdir"]).mkdir(parents=True, exist_ok=True)
         for key in ("stdout_path", "stderr_path"):
