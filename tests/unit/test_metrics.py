@@ -69,6 +69,27 @@ def test_odd_statuses_share_one_series_and_one_cache_entry(tmp_path: Path) -> No
                                                             "status": "other"}.items()))] == 5000
 
 
+def test_the_series_of_an_edge_that_left_are_dropped(tmp_path: Path) -> None:
+    """Edges coming and going under new names must not grow the exposition for ever."""
+    source = Source(tmp_path)
+    metrics = BridgeMetrics(source)
+    for i in range(100):
+        metrics.observe(f"gone{i}", "psij", "GET", 200, 0.001)
+        metrics.observe(f"gone{i}", "psij", "POST", 503, 0.001)
+    metrics.observe("back", "psij", "GET", 200, 0.001)
+    metrics.observe("other", "psij", "GET", 200, 0.001)
+    source.edges.edges["back"] = object()  # type: ignore[assignment]  # left and came back within the batch
+    metrics.on_topology({"v": 2, "joined": {}, "left": {f"gone{i}": "c" for i in range(100)} | {"back": "c"}})
+    got = parse(metrics.render(None)[0])
+    edges = {dict(labels).get("edge") for name, labels in got if name.startswith("isthmus_bridge_requests")}
+    assert edges == {"back", "other"}, edges
+    assert len(metrics._children) == 2
+    metrics.observe("gone1", "psij", "GET", 200, 0.001)  # back again: counted from zero
+    got = parse(metrics.render(None)[0])
+    assert got[("isthmus_bridge_requests_total", frozenset({"edge": "gone1", "plugin": "psij", "method": "GET",
+                                                            "status": "200"}.items()))] == 1
+
+
 def test_openmetrics_when_the_scraper_asks(tmp_path: Path) -> None:
     metrics = BridgeMetrics(Source(tmp_path))
     metrics.observe("e", "p", "GET", 200, 0.01)

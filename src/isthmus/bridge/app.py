@@ -88,6 +88,7 @@ class Bridge:
             from .metrics import BridgeMetrics
 
             self.metrics = BridgeMetrics(self)
+            self.edges.topology.listeners.append(self.metrics.on_topology)
         self.oidc: Any = None
         if self.app_config.auth.oidc is not None:
             from .oidc import OidcAuth

@@ -77,8 +77,10 @@ class BridgeMetrics:
         self._errors = Counter("isthmus_bridge_plugin_errors", "Requests answered with a 5xx status.",
                                ["edge", "plugin"], registry=self.registry)
         self.registry.register(_Scraped(bridge))
+        self._bridge = bridge
         # (edge, plugin, method, status) -> (request counter child, latency child, error child or None)
         self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram, Counter | None]] = {}
+        self._by_edge: dict[str, set[tuple[str, str, str, int]]] = {}  # edge -> its keys in _children
 
     def observe(self, edge: str, plugin: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request (hot path: no allocation once its labels were seen)."""
@@ -102,11 +104,37 @@ class BridgeMetrics:
         children = (self._requests.labels(edge, plugin, method, _STATUSES.get(status, "other")),
                     self._latency.labels(plugin, method), errors)
         self._children[key] = children
+        self._by_edge.setdefault(edge, set()).add(key)
         return children
+
+    def on_topology(self, delta: Mapping[str, object]) -> None:
+        """Drop the series of edges that left (a topology listener), so that edges coming and going
+        under new names cannot grow the exposition without bound; one that comes back starts its
+        counters again from zero, which Prometheus reads as a counter reset."""
+        left = delta.get("left")
+        if not isinstance(left, Mapping):
+            return
+        connected = self._bridge.edges.edges
+        for edge in left:
+            if edge in connected:
+                continue
+            for key in self._by_edge.pop(edge, ()):
+                self._children.pop(key, None)
+                _, plugin, method, status = key
+                _forget(self._requests, edge, plugin, method, _STATUSES.get(status, "other"))
+                if status >= 500:
+                    _forget(self._errors, edge, plugin)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (body, content type): OpenMetrics when ``accept`` asks for it, else text."""
         return render_registry(self.registry, accept)
+
+
+def _forget(metric: Counter, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # already gone (several keys share an error series)
+        pass
 
 
 class _Scraped(Collector):

@@ -208,6 +208,8 @@ export function makeApi(edge, plugin) {
     setQueueData: data => { state.queueData[edge] = data; },
     getPluginNames: () => Object.keys(state.edges[edge]?.plugins || {}),
     disconnectEdge: event => disconnectEdge(edge, event),
+    // who is logged in: { name, role } (role: viewer, user or admin), for pages that show admin controls
+    whoami: () => ({ name: state.me?.name, role: state.me?.role }),
   };
 }
 
@@ -497,6 +499,7 @@ async function modulePage(edge, plugin, manifest) {
   return {
     edge, plugin, root,
     show: view => mod.onShow?.(root, api, view),
+    hide: () => mod.onHide?.(root, api),  // the page left the screen: stop timers
     notify: n => { if (!cfg || cfg.topic === n.topic || (cfg.topics || []).includes(n.topic)) mod.onNotification?.(n, root, api); },
   };
 }
