@@ -103,7 +103,8 @@ def test_audit_log_has_one_line_per_change_and_none_for_reads(stack: Stack) -> N
         assert call(http, "POST", "/test/probe/echo", True, content=b"x").status_code == 403
         call(http, "GET", "/test/sysinfo/version", False)
     with httpx.Client(base_url=stack.url) as anon:
-        assert call(anon, "GET", "/edge/list", True).status_code == 401
+        assert call(anon, "GET", "/edge/list", False).status_code == 401  # no credential: nobody to audit
+        assert call(anon, "GET", "/edge/list", True, headers={"Authorization": "Bearer wrong"}).status_code == 401
         r = call(anon, "POST", "/auth/login", True, json={"token": user})
         assert r.status_code == 200
         anon.cookies.set("isthmus_session", user)

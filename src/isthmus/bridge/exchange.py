@@ -84,7 +84,13 @@ class Exchange:
         return wrapped
 
     def audited(self, method: str, path: str) -> bool:
-        """State-changing calls and refused access; never plain reads."""
+        """State-changing calls and refused access; never plain reads.
+
+        A 401 counts when a credential was refused; a request that showed none (a browser
+        opening the login page) is nobody's attempt and would only be noise.
+        """
+        if self.status == 401:
+            return self.credentialed
         if self.status in REFUSED:
             return True
         if method in SAFE_METHODS:
