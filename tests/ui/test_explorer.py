@@ -21,7 +21,8 @@ def api(demo, method: str, path: str, **kwargs):
 
 def test_login_edges_sysinfo_logout(page, demo) -> None:
     page.goto(demo["url"] + "/")
-    assert page.is_visible("#login")
+    page.wait_for_selector("#login:not(.hidden)")  # after whoami's 401 (and asking whether SSO is on)
+    assert page.is_hidden("#oidc-login"), "no single sign-on button without auth.oidc"
     page.fill("#token", "not-a-token")
     page.click("#login-form button[type=submit]")
     page.wait_for_selector(".flash .error")
