@@ -162,7 +162,7 @@ def test_token_commands_are_audited(stack: Stack) -> None:
 
 @pytest.fixture
 def limited(tmp_path: Path) -> Iterator[Stack]:
-    config = {"bridge": {"rate_limit": 2, "rate_burst": 4, "login_failures": 3}}
+    config = {"bridge": {"rate_limit": 2, "rate_burst": 4, "login_failures": 3}, "state_dir": str(tmp_path / "state")}
     with Stack(plugins=["sysinfo"], config=config, workdir=tmp_path) as s:
         yield s
 
@@ -190,6 +190,20 @@ def test_bad_tokens_are_throttled_per_address(limited: Stack) -> None:
     assert httpx.post(f"{limited.url}/auth/login", json={"token": "wrong"}).status_code == 429
     time.sleep(int(blocked.headers["retry-after"]))
     assert httpx.get(f"{limited.url}/edge/list", headers=limited.headers).status_code == 200
+
+
+def test_refused_logins_count_against_the_address_and_429s_are_not_audited(limited: Stack) -> None:
+    """Any refusal of a login route is a failed try (not only a 401), and once throttled nothing
+    from the address reaches the audit log: a flood cannot rotate the real history away."""
+    cross_site = {"Origin": "http://elsewhere.example"}
+    for _ in range(3):
+        assert httpx.post(f"{limited.url}/auth/login", json={"token": "x"}, headers=cross_site).status_code == 403
+    assert httpx.post(f"{limited.url}/auth/login", json={"token": "x"}, headers=cross_site).status_code == 429
+    for _ in range(20):
+        assert httpx.get(f"{limited.url}/auth/oidc/callback", params={"state": "x", "code": "y"}).status_code == 429
+    lines = audit_lines(limited)
+    assert [line["status"] for line in lines if line["path"] == "/auth/login"] == [403] * 3
+    assert not [line for line in lines if line["status"] == 429], lines
 
 
 def test_the_python_client_waits_out_a_429(limited: Stack) -> None:

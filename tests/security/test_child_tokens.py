@@ -155,6 +155,44 @@ def test_an_edge_reaches_its_children_and_nothing_else(stack: Stack, parent_toke
         child.close()
 
 
+def test_a_name_alone_makes_no_child(stack: Stack, parent_token: str) -> None:
+    """Another team's edge named like a child of hpc1 is neither reachable from hpc1 nor
+    enrolable with a child token hpc1 mints."""
+    other = FakeEdge(stack.url, "hpc1.gpu", stack.create_token("edge", edge="hpc1.gpu"))
+    parent = FakeEdge(stack.url, "hpc1", parent_token)
+    try:
+        assert other.first["t"] == P.WELCOME and parent.first["t"] == P.WELCOME
+        answer = _request(parent, -1, "/hpc1.gpu/probe/x")
+        assert answer["st"] == 403 and b"did not enrol with a child token of edge hpc1" in answer["b"], answer
+        try:
+            leaked = [f for f in other.frames(0.5) if f["t"] == P.REQUEST]
+        except TimeoutError:
+            leaked = []
+        assert not leaked, "the call reached the other team's edge"
+    finally:
+        other.close()
+        parent.close()
+    # with the other team's edge gone, hpc1 still cannot enrol a pilot under its name (nor under hpc1.*)
+    stack.create_token("edge", edge="hpc1.team.*")
+    for name in ("hpc1.gpu", "hpc1.team.7"):
+        usurper = FakeEdge(stack.url, name, child_tokens.mint(parent_token, "hpc1", name, 60))
+        assert "belongs to another enrolment token" in _refused(usurper), name
+
+
+def test_a_call_without_a_principal_is_refused(stack: Stack, parent_token: str) -> None:
+    """A child runs a call without a principal as a trusted in-process one: none may cross."""
+    parent = FakeEdge(stack.url, "hpc1", parent_token)
+    child = FakeEdge(stack.url, "hpc1.pool.107", child_tokens.mint(parent_token, "hpc1", "hpc1.pool.107", 60))
+    try:
+        parent.send({"t": P.REQUEST, "id": -4, "m": "GET", "p": "/hpc1.pool.107/probe/x", "q": b"", "h": [],
+                     "dl": 5.0})
+        answer = next(f for f in parent.frames(10) if f.get("id") == -4)
+        assert answer["st"] == 400 and b"principal" in answer["b"], answer
+    finally:
+        parent.close()
+        child.close()
+
+
 def test_streamed_bodies_cross_to_the_child_and_back(stack: Stack, parent_token: str) -> None:
     parent = FakeEdge(stack.url, "hpc1", parent_token)
     child = FakeEdge(stack.url, "hpc1.pool.106", child_tokens.mint(parent_token, "hpc1", "hpc1.pool.106", 60))

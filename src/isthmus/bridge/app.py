@@ -49,6 +49,11 @@ log = logging.getLogger("isthmus.bridge")
 
 API_SEGMENTS = frozenset({"edge", "menu", "auth", "api", "plugins"})
 PUBLIC_PATHS = frozenset({"/auth/login", "/auth/logout", "/auth/oidc/config"})
+# Public routes where a refusal is a failed try at a credential (a token login, the browser's
+# login coming back, a refresh): throttled and counted per address like a bad token, so
+# nobody unauthenticated can make the bridge ask the identity provider, or write audit
+# lines, without bound.
+ATTEMPTS = frozenset({"/auth/login", "/auth/oidc/login", "/auth/oidc/callback", "/auth/oidc/refresh"})
 _HEALTH = orjson.dumps({"status": "ok"})
 
 
@@ -301,7 +306,8 @@ class Bridge:
             method = scope["method"]
             self.metrics.observe(ex.edge, ex.plugin, method if method in METRIC_METHODS else "OTHER", ex.status,
                                  seconds)
-        if ex.status == 401 and ex.credentialed:
+        if ex.credentialed and (ex.status == 401 or (scope["path"] in ATTEMPTS and 400 <= ex.status < 500
+                                                      and ex.status != 429)):
             client = scope.get("client")
             self.limits.failed(client[0] if client else "?")
         if self.audit is not None and ex.audited(scope["method"], scope["path"]):
@@ -317,7 +323,7 @@ class Bridge:
         address = client[0] if client else "?"
         public = path in PUBLIC_PATHS or (self.oidc is not None and path in self.oidc.public_paths)
         token, from_cookie = credentials(scope["headers"])
-        if token is not None or path == "/auth/login":
+        if token is not None or path in ATTEMPTS:
             ex.credentialed = True
             wait = self.limits.address_blocked(address)
             if wait:

@@ -7,7 +7,8 @@
 Stateless, so it works with several bridges: the bridge stores exactly that digest for every
 enrolment token, and ``kid`` (a short hash of the digest) finds the grant without trying them
 all. The bridge accepts a child token when the MAC checks against a current grant that allows
-``parent``, ``name`` is ``parent + "." + something``, and ``exp`` is in the future and at most
+``parent``, ``name`` is ``parent + "." + something`` that no other grant enrols on its own
+(one that allows ``name`` but not ``parent``), and ``exp`` is in the future and at most
 ``MAX_TTL`` ahead. The child's link keeps the parent grant's digest as its credential, so
 revoking the parent's token drops its children too. The parent's own token never leaves the
 parent: the job (where users' tasks run) only ever sees the child token.
@@ -108,10 +109,19 @@ def verify(token: str, name: str, grants: Iterable[tuple[str, Grant]], now: floa
     if claims["exp"] > now + MAX_TTL + 60:
         raise ChildTokenError(f"a child token may live at most {MAX_TTL // 3600} h")
     signed, _, mac = token.rpartition(".")
-    for token_digest, grant in grants:
+    current = list(grants)
+    for token_digest, grant in current:
         if not hmac.compare_digest(key_id(token_digest), claims["kid"]):
             continue
         if hmac.compare_digest(_mac(token_digest, signed), mac) and grant.allows(parent):
-            return token_digest, parent
-    raise ChildTokenError(f"no current enrolment token of edge {parent!r} signed this child token "
-                          "(forged, or the parent's token was revoked)")
+            break
+    else:
+        raise ChildTokenError(f"no current enrolment token of edge {parent!r} signed this child token "
+                              "(forged, or the parent's token was revoked)")
+    for other_digest, other in current:
+        # "hpc1.gpu" enrolled with its own token ("hpc1.gpu", "hpc1.*") is not hpc1's to take over;
+        # a grant that allows the parent as well ("*") names no namespace of its own
+        if other_digest != token_digest and other.allows(name) and not other.allows(parent):
+            raise ChildTokenError(f"edge name {name!r} belongs to another enrolment token; "
+                                  f"children of {parent!r} need names no other token enrols")
+    return token_digest, parent

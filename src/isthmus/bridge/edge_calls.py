@@ -3,9 +3,11 @@
 A plugin on an edge (``pilots``) reaches the edges it started (pilot jobs, named
 ``<edge>.<pool>.<jobid>``) with ``Plugin.edge_calls``; the edge sends the call to the bridge
 as a ``req`` frame on its own link (``edge/calls.py``), path ``/{child}/{plugin}/...``. Here
-the bridge checks that the target is a child of the calling edge — an enrolled edge never
-reaches other edges or the bridge's own plugins (403) — and splices the call onto the
-child's link: the same frames, the principal of the frame, the deadline capped as a
+the bridge checks that the target is a child of the calling edge — named ``<edge>.<…>`` *and*
+enrolled with a child token the edge's own token signed, so an enrolled edge never reaches
+other edges, another team's ``<edge>.gpu`` or the bridge's own plugins (403) — and that the
+frame names the principal it runs as (400), then splices the call onto the child's link:
+the same frames, the principal of the frame, the deadline capped as a
 client's, bodies over ``max_body`` refused (413), streamed bodies relayed chunk by chunk
 with credit on both links, and a cancel on either side ends the other.
 
@@ -17,10 +19,12 @@ The bridge → edge path (``proxy.py``) is untouched: only ``cancel`` gains a br
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..types import Principal
 from ..wire import protocol as P
 from ..wire.call import Call, CallAborted, ServerCall
 from ..wire.peer import LinkClosed, Peer
@@ -37,6 +41,8 @@ class Link(Protocol):
 
     name: str
     peer: Peer
+    credential: str  # digest of the enrolment token it connected with (a child: its parent's)
+    grant_name: str  # the name that token must allow (a child: its parent's name)
 
     def call(self, rid: int, deadline: float) -> Call: ...
 
@@ -62,6 +68,9 @@ def handlers(registry: Registry, edge: Link) -> dict[str, Callable[[P.Frame], No
             raise ValueError("a req frame needs a method and a path")
         call = ServerCall(edge.peer, frame)
         problem = _refusal(registry, edge, path, len(open_calls))
+        if problem is None and not _well_formed(frame.get("pr")):
+            # the child treats a call without a principal as a trusted in-process one
+            problem = 400, "a call an edge starts carries the principal it runs as ([name, role, id])"
         if problem is not None:
             call.error(*problem)
             call.finish()
@@ -80,6 +89,13 @@ def handlers(registry: Registry, edge: Link) -> dict[str, Callable[[P.Frame], No
     return {P.REQUEST: on_request, P.CANCEL: on_cancel}
 
 
+def _well_formed(pr: Any) -> bool:
+    try:
+        return Principal.from_wire(pr) is not None
+    except (TypeError, ValueError):
+        return False
+
+
 def child_of(parent: str, target: str) -> bool:
     return target.startswith(parent + ".") and len(target) > len(parent) + 1
 
@@ -91,9 +107,20 @@ def _refusal(registry: Registry, edge: Link, path: str, open_now: int) -> tuple[
                      "other edges and the bridge's plugins are reached through the bridge's API with a token")
     if open_now >= MAX_OPEN:
         return 429, f"edge {edge.name} has {MAX_OPEN} calls open through the bridge; wait for some to end"
-    if registry.get(target) is None:
+    child = registry.get(target)
+    if child is None:
         return 404, f"no edge named {target!r} is connected to this bridge"
+    if not is_child_link(edge, child):
+        # a name alone proves nothing: "lab.gpu" may be another team's edge with its own token
+        return 403, (f"edge {target!r} did not enrol with a child token of edge {edge.name}; "
+                     "an edge reaches only the pilots it started")
     return None
+
+
+def is_child_link(parent: Link, child: Link) -> bool:
+    """Whether ``child`` enrolled with a child token that ``parent``'s own enrolment token signed."""
+    return (bool(parent.credential) and child.grant_name == parent.name and child.name != parent.name
+            and hmac.compare_digest(child.credential, parent.credential))
 
 
 async def _splice(registry: Registry, edge: Link, incoming: ServerCall, frame: P.Frame) -> None:

@@ -87,8 +87,11 @@ class Exchange:
         """State-changing calls and refused access; never plain reads.
 
         A 401 counts when a credential was refused; a request that showed none (a browser
-        opening the login page) is nobody's attempt and would only be noise.
+        opening the login page) is nobody's attempt and would only be noise. A 429 is a limit
+        doing its work: the metrics count it, and a flood of them would rotate the log away.
         """
+        if self.status == 429:
+            return False
         if self.status == 401:
             return self.credentialed
         if self.status in REFUSED:

@@ -3,16 +3,18 @@
 Both are token buckets kept in memory per bridge (several bridges each enforce their own
 share). A bucket costs a few hundred bytes; idle ones are full again, hold no information
 and are dropped, so the tables hold only the callers of the last minute or so. The address
-table is also capped, so no stream of unauthenticated requests can grow it without bound.
+table is also capped, so no stream of unauthenticated requests can grow it without bound, and
+keyed by /64 for IPv6, so picking new addresses from one's own network gains nothing.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 
 PRUNE_EVERY = 60.0  # seconds between sweeps of full (idle) buckets
-MAX_ADDRESSES = 65_536  # failure buckets kept at most; the oldest go first
+MAX_ADDRESSES = 16_384  # failure buckets kept at most (a few MB); the oldest go first
 
 
 class Buckets:
@@ -80,12 +82,23 @@ class Limits:
 
     def address_blocked(self, address: str) -> float:
         """Seconds this address must wait before credentials from it are checked again."""
-        return self.failures.blocked(address) if self.failures is not None else 0.0
+        return self.failures.blocked(address_key(address)) if self.failures is not None else 0.0
 
     def failed(self, address: str) -> None:
         """Count one bad credential (or refused login) from ``address``."""
         if self.failures is not None:
-            self.failures.take(address)
+            self.failures.take(address_key(address))
+
+
+def address_key(address: str) -> str:
+    """The bucket of a source address: itself for IPv4, its /64 for IPv6 (one host holds a
+    whole /64, and would otherwise get a fresh bucket per address it picks)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address.split("%", 1)[0], 64), strict=False).network_address)
+    except ValueError:
+        return address
 
 
 def retry_after(seconds: float) -> bytes:

@@ -57,6 +57,7 @@ JWKS_REFRESH = 600.0  # seconds between routine key-set fetches (retired keys go
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # back-off while the issuer is unreachable
 WAKE_MIN = 2.0  # a request for an undiscovered issuer retries discovery, at most this often
 HTTP_TIMEOUT = 10.0
+TOKEN_CALLS = 16  # code and refresh trades open at the identity provider at once; more: 503
 MAX_DOCUMENT = 256 * 1024  # discovery, JWKS and token answers
 NEVER = frozenset({"none", "HS256", "HS384", "HS512"})
 _FLOW_PART = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -124,7 +125,10 @@ class OidcAuth:
 
     def __init__(self, config: OidcConfig, *, tls: bool) -> None:
         self.config = config
-        self.tls = tls
+        # cookies are Secure when browsers reach the bridge over TLS: its own, or a proxy's in front
+        # of it (an https redirect_url says so)
+        self.tls = tls or (config.redirect_url or "").startswith("https://")
+        self._token_slots = asyncio.Semaphore(TOKEN_CALLS)
         self.issuer = config.issuer.rstrip("/")
         self.algorithms = [a for a in config.algorithms if a not in NEVER]
         if not self.algorithms:
@@ -476,9 +480,13 @@ class OidcAuth:
         """POST to the token endpoint as this client; 401 when the provider refuses the grant."""
         form = {**form, "client_id": self.config.client_id, "resource": self.config.audience}
         auth = (self.config.client_id, self.secret) if self.secret is not None else None
+        if self._token_slots.locked():  # a flood of junk codes must not starve key fetches or the provider
+            raise HTTPException(503, "too many logins are being completed at once; try again in a moment",
+                                headers={"retry-after": "1"})
         try:
-            async with self._require_http().stream("POST", provider.token_endpoint, data=form, auth=auth,
-                                                   headers={"accept": "application/json"}) as r:
+            async with self._token_slots, self._require_http().stream(
+                    "POST", provider.token_endpoint, data=form, auth=auth,
+                    headers={"accept": "application/json"}) as r:
                 body = await self._read(r)
         except (httpx.HTTPError, RuntimeError) as exc:
             log.warning("OIDC: the token endpoint of %s failed: %s", self.issuer, exc)
