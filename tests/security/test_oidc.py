@@ -15,6 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,7 +35,10 @@ PSIJ = {"scheduler": "none", "plugins": {"psij": {"enabled": True, "allowed_dire
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OidcProvider, Stack]]:
     """The provider (its Explorer client knows this bridge's callback) and a bridge trusting it."""
     idp = OidcProvider(workdir=tmp_path_factory.mktemp("idp"))
-    bridge = Stack(plugins=["psij"], config={**PSIJ, "auth": {"oidc": idp.bridge_config()}},
+    # Dozens of refused tokens from 127.0.0.1 here: the per-address throttle (tested in
+    # tests/integration/test_accountability.py) would make later tests' answers depend on timing.
+    bridge = Stack(plugins=["psij"], config={**PSIJ, "auth": {"oidc": idp.bridge_config()},
+                                             "bridge": {"login_failures": 0}},
                    workdir=tmp_path_factory.mktemp("bridge"))
     idp.redirect_uris = [f"{bridge.url}/auth/oidc/callback"]
     with idp, bridge:
@@ -159,8 +163,27 @@ def test_key_rotation_needs_no_bridge_restart(idp: OidcProvider, stack: Stack) -
     assert call(stack, sign(claims(idp), new)).json()["role"] == "admin"
 
 
+def audit_file(stack: Stack) -> Path:
+    assert stack.workdir is not None
+    return stack.workdir / "state" / "isthmus" / "audit.log"  # $XDG_STATE_HOME/isthmus: no state_dir set
+
+
+def audit_lines(stack: Stack) -> list[dict[str, Any]]:
+    path = audit_file(stack)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def audited(stack: Stack, rids: list[str]) -> list[dict[str, Any]]:
+    """The audit lines of these request ids, once all are written (the bridge writes them
+    at the end of its event loop's turn, after the answer)."""
+    return list(poll_for(lambda: (x := [e for e in audit_lines(stack) if e["request_id"] in rids])
+                         and len(x) >= len(rids) and x, 10, what="audit lines"))
+
+
 def test_browser_flow_with_refresh_and_logout(idp: OidcProvider, stack: Stack) -> None:
-    """The Explorer's login without a browser: cookies, state, refresh, logout."""
+    """The Explorer's login without a browser: cookies, state, refresh, logout; the login and
+    the logout are each one audit line naming who, and no token reaches the file."""
+    before = len(audit_lines(stack))
     with httpx.Client(timeout=10) as http:
         callback = log_in(http, f"{stack.url}/auth/oidc/login", "alice", f"{stack.url}/auth/oidc/callback")
         flow = http.cookies.get("isthmus_oidc_flow")
@@ -176,7 +199,8 @@ def test_browser_flow_with_refresh_and_logout(idp: OidcProvider, stack: Stack) -
         refresh = next(c for c in cookies if c.startswith("isthmus_oidc_refresh="))
         assert "HttpOnly" in refresh and "Path=/auth/oidc" in refresh
         assert http.get(f"{stack.url}/auth/whoami").json() == {"name": "Alice Liddell", "role": "user"}
-        assert http.get(callback).status_code == 400  # the login cookie is gone: no replay
+        replayed = http.get(callback)
+        assert replayed.status_code == 400  # the login cookie is gone: no replay
 
         first = http.cookies.get("isthmus_session", path="/")
         cross = http.post(f"{stack.url}/auth/oidc/refresh", headers={"origin": "http://evil.test"})
@@ -185,11 +209,51 @@ def test_browser_flow_with_refresh_and_logout(idp: OidcProvider, stack: Stack) -
         assert renewed.json() == {"name": "Alice Liddell", "role": "user"}
         assert http.cookies.get("isthmus_session", path="/") not in (None, first)
 
-        assert http.post(f"{stack.url}/auth/logout").status_code == 200
+        secrets_seen = [first, http.cookies.get("isthmus_session", path="/"), query["code"][0],
+                        http.cookies.get("isthmus_oidc_refresh", path="/auth/oidc")]
+        logout = http.post(f"{stack.url}/auth/logout")
+        assert logout.status_code == 200
         assert "isthmus_oidc_refresh" not in http.cookies and "isthmus_session" not in http.cookies
         assert http.get(f"{stack.url}/auth/whoami").status_code == 401
         again = http.post(f"{stack.url}/auth/oidc/refresh")
         assert again.status_code == 401 and "log in again" in again.text
+
+    rids = [r.headers["x-request-id"] for r in (forged, done, replayed, cross, renewed, logout, again)]
+    audited(stack, rids)
+    time.sleep(0.3)  # nothing more may arrive
+    lines = audit_lines(stack)[before:]
+    nobody, alice = (None, None, None), ("oidc:alice", "Alice Liddell", "user")
+    assert [(e["request_id"], e["action"], e["status"], (e["principal"], e["name"], e["role"])) for e in lines] == [
+        (rids[0], "login", 400, nobody),  # the forged state: nobody logged in
+        (rids[1], "login", 302, alice),  # the access token the provider sent, verified
+        (rids[2], "login", 400, nobody),
+        (rids[3], "refused", 403, nobody),
+        (rids[4], "login.refresh", 200, alice),
+        (rids[5], "logout", 200, alice),  # the session cookie's access token, verified
+        (rids[6], "refused", 401, nobody),
+    ]
+    text = audit_file(stack).read_text()
+    assert all(s and s not in text for s in secrets_seen), "a token or the code reached the audit log"
+
+
+def test_a_logout_with_a_refused_cookie_names_nobody(idp: OidcProvider, stack: Stack) -> None:
+    """The audit line never takes a JWT's word for who it is: a logout whose cookie fails
+    verification names nobody and says why (and still clears the cookie)."""
+    forged = sign(claims(idp, sub="alice"), new_key())  # alice's claims, a key the provider does not publish
+    expired = sign(claims(idp, sub="alice", exp=int(time.time()) - 120, iat=int(time.time()) - 900),
+                   idp.private_key)
+    answers = [httpx.post(f"{stack.url}/auth/logout", cookies={"isthmus_session": t}, timeout=10)
+               for t in (forged, expired, "ist_not-a-token")]
+    assert [r.status_code for r in answers] == [200] * 3
+    assert all('isthmus_session=""' in r.headers["set-cookie"] for r in answers)
+    lines = audited(stack, [r.headers["x-request-id"] for r in answers])
+    assert [(e["action"], e["principal"], e["name"], e["role"], e["credential"]) for e in lines] == [
+        ("logout", None, None, None, "refused: signature invalid"),
+        ("logout", None, None, None, "refused: token expired"),
+        ("logout", None, None, None, "refused: not a valid token"),
+    ]
+    text = audit_file(stack).read_text()
+    assert all(t not in text for t in (forged, expired, "ist_not-a-token"))
 
 
 def test_unreachable_issuer_at_start(tmp_path: Any) -> None:

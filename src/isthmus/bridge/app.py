@@ -48,7 +48,8 @@ from .server import guard_of
 log = logging.getLogger("isthmus.bridge")
 
 API_SEGMENTS = frozenset({"edge", "menu", "auth", "api", "plugins"})
-PUBLIC_PATHS = frozenset({"/auth/login", "/auth/logout", "/auth/oidc/config"})
+LOGOUT = "/auth/logout"
+PUBLIC_PATHS = frozenset({"/auth/login", LOGOUT, "/auth/oidc/config"})
 # Public routes where a refusal is a failed try at a credential (a token login, the browser's
 # login coming back, a refresh): throttled and counted per address like a bad token, so
 # nobody unauthenticated can make the bridge ask the identity provider, or write audit
@@ -332,8 +333,8 @@ class Bridge:
                 return
         if public:
             ex.plugin = "auth"
-            if token is not None:  # who logs out, for the audit line (a JWT is not verified for this)
-                ex.principal = self.tokens.client(token)
+            if token is not None and path == LOGOUT:
+                await self._note_holder(ex, token)
             await self._public(scope, receive, send)
             return
         try:
@@ -411,6 +412,18 @@ class Bridge:
             await forward(edge, "/" + rest, scope, receive, send, principal,
                           rid=next(self.edges.ids), max_body=self.settings.max_body,
                           deadline=self.settings.request_timeout, request_id=ex.rid)
+
+    async def _note_holder(self, ex: Exchange, token: str) -> None:
+        """Who a logout's credential names, for its audit line, verified like any request's
+        (a JWT's claims are anyone's to write); a refused one names nobody and says why.
+        The logout itself goes on: clearing a bad cookie is what the browser wants."""
+        try:
+            ex.principal = (await self.authenticate(token))[0]
+        except OidcRefused as exc:
+            ex.refused_credential = exc.reason
+            return
+        if ex.principal is None:
+            ex.refused_credential = "not a valid token"
 
     async def _metrics(self, scope: dict[str, Any], send: Any, principal: Principal) -> None:
         if self.metrics is None:

@@ -35,7 +35,7 @@ class Exchange:
     """The response side of one request (see the module docstring)."""
 
     __slots__ = ("_send", "bytes_in", "bytes_out", "correlation", "credentialed", "edge", "effect_read", "plugin",
-                 "principal", "rid", "started", "status", "watch_effect")
+                 "principal", "refused_credential", "rid", "started", "status", "watch_effect")
 
     def __init__(self, send: Any, headers: list[tuple[bytes, bytes]], method: str = "GET") -> None:
         self._send = send
@@ -55,6 +55,7 @@ class Exchange:
         self.effect_read = False
         self.credentialed = False  # a token (or a login) was presented: a 401 counts against the address
         self.principal: Principal | None = None
+        self.refused_credential: str | None = None  # why a public route's credential named nobody (a logout's)
         self.edge = ""  # a connected edge's name (or "bridge"), else ""
         self.plugin = ""  # a plugin of that edge, or the bridge route's first segment
 
@@ -120,14 +121,18 @@ def action_of(path: str, edge: str, plugin: str, status: int) -> str:
 
 
 def audit_entry(ex: Exchange, scope: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The audit line for ``ex`` (no tokens, no query string, no body)."""
+    """The audit line for ``ex`` (no tokens, no query string, no body).
+
+    The principal a route names (a login names who just proved themselves) wins over the one
+    the request's credential named: a browser may log in as someone else than its old cookie.
+    """
     path: str = scope["path"]
-    who = ex.principal or scope.get("state", {}).get("principal")
+    who = scope.get("state", {}).get("principal") or ex.principal
     client = scope.get("client")
     edge = ex.edge
     if not edge and path.startswith("/edge/disconnect/"):
         edge = path.rsplit("/", 1)[-1]
-    return {
+    entry: dict[str, Any] = {
         "action": action_of(path, ex.edge, ex.plugin, ex.status),
         "principal": who.id if who is not None else None,
         "name": who.name if who is not None else None,
@@ -144,3 +149,6 @@ def audit_entry(ex: Exchange, scope: dict[str, Any], seconds: float) -> dict[str
         "bytes_out": ex.bytes_out,
         "ms": round(seconds * 1000, 2),
     }
+    if who is None and ex.refused_credential is not None:
+        entry["credential"] = f"refused: {ex.refused_credential}"
+    return entry
