@@ -115,7 +115,8 @@ def action_of(path: str, edge: str, plugin: str, status: int) -> str:
     if edge and len(parts) > 3:  # /{edge}/{plugin}/{route}/...
         route = parts[3] or "request"
         if plugin == "_edge":
-            return "config.change" if route in ("config", "reload") else f"edge.{route}"
+            # POST /_edge/reload, PUT /_edge/plugins/{pid}/config
+            return "config.change" if route == "reload" or parts[-1] == "config" else f"edge.{route}"
         return f"{plugin}.{route}"
     return "request"
 
