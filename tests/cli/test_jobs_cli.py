@@ -58,6 +58,22 @@ def test_submit_ls_show_and_json(demo: Stack, as_admin: Run) -> None:
     assert missing.returncode == 1 and "no job 000000000000" in missing.stderr
 
 
+def test_submit_options_reach_the_job_record(demo: Stack, as_admin: Run) -> None:
+    job_id = submit(as_admin, "/bin/echo", "placed", options=("--executor", "local", "--nodes", "1", "--queue",
+                                                              "cpu", "--time", "00:02:30", "--name", "placed"))
+    assert as_admin("jobs", "wait", "demo", job_id, "--timeout", "60").returncode == 0
+    shown = json.loads(as_admin("jobs", "show", "demo", job_id, "--json").stdout)
+    assert shown["executor"] == "local" and shown["name"] == "placed" and shown["state"] == "DONE"
+    attributes = shown["attributes"]
+    assert (attributes["queue_name"], attributes["node_count"], attributes["duration"]) == ("cpu", 1, 150)
+    assert {k: v for k, v in psij(demo).get_job_status(job_id).items() if k in shown} == shown  # the API's record
+    listed = json.loads(as_admin("jobs", "ls", "demo", "--json").stdout)["jobs"]
+    assert next(j for j in listed if j["job_id"] == job_id)["attributes"] == attributes
+    # the executor named is the one asked for: an unknown one is refused by the edge, not replaced by auto
+    unknown = as_admin("jobs", "submit", "demo", "--executor", "nosuch", "--", "/bin/true")
+    assert unknown.returncode == 1 and "no executor 'nosuch'" in unknown.stderr, unknown.stderr
+
+
 def test_ls_state_filter(demo: Stack, as_admin: Run) -> None:
     failed = submit(as_admin, "/bin/sh", "-c", "exit 2")
     done = submit(as_admin, "/bin/true")

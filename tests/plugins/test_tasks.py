@@ -114,6 +114,39 @@ def test_batch_events_and_wait_without_events(stack) -> None:
     plain.close()
 
 
+def test_task_counts_sum_the_callers_sessions(stack) -> None:
+    from isthmus.plugins.tasks.client import TasksClient
+
+    ann, bob = stack.create_token("user", principal="ann"), stack.create_token("user", principal="bob")
+
+    def counts(token: str) -> dict[str, int]:
+        with stack.http(token) as http:
+            resp = http.get("/test/tasks/task_counts")
+            resp.raise_for_status()
+            return dict(resp.json()["counts"])
+
+    before = {"ann": counts(ann), "bob": counts(bob), "admin": counts(stack.admin_token)}
+    sleep = {"executable": "/bin/sleep", "arguments": ["60"]}
+    one, two = (stack.client(ann).get_edge_client("test").get_plugin("tasks", TasksClient) for _ in range(2))
+    try:
+        uids = one.submit_tasks([sleep] * 2) + two.submit_tasks([sleep])  # two sessions of one user
+        poll_for(lambda: set(one.task_states(uids[:2]).values()) | set(two.task_states(uids[2:]).values())
+                 == {"RUNNING"}, 20, 0.1, what="ann's three sleepers running")
+        assert counts(ann)["RUNNING"] == before["ann"]["RUNNING"] + 3
+        assert counts(bob) == before["bob"], "another user's tasks are not counted"
+        assert counts(stack.admin_token)["RUNNING"] == before["admin"]["RUNNING"] + 3
+        one.cancel_all_tasks()
+        two.cancel_all_tasks()
+        one.wait_tasks(uids[:2], timeout=30)
+        two.wait_tasks(uids[2:], timeout=30)
+        after = counts(ann)
+        assert after["RUNNING"] == before["ann"]["RUNNING"]
+        assert after["CANCELLED"] == before["ann"]["CANCELLED"] + 3
+    finally:
+        one.close()
+        two.close()
+
+
 def test_safety(stack) -> None:
     viewer = stack.create_token("viewer")
     with stack.http(viewer) as http:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from isthmus.plugins.psij.client import is_final
 from isthmus.testing.stack import Stack, poll_for
 from tests.ui.axe import check_axe
 from tests.ui.conftest import login
@@ -44,54 +45,120 @@ def stat(page: Any, key: str) -> int:
     return int(page.inner_text(f"[data-edge='demo'] [data-stat='{key}'] .stat-value"))
 
 
+SLEEPER = {"executable": "/bin/sleep", "arguments": ["300"]}
+
+
+def api_numbers(demo: dict[str, str], sids: dict[str, str]) -> dict[str, int]:
+    """What the dashboard's demo card should show, read from the API the way a script would."""
+    summary = api(demo, "GET", "/demo/cluster/summary")["by_severity"]
+    queue = api(demo, "GET", f"/demo/queue_info/list_all_jobs/{sids['queue_info']}?user=*")["jobs"]
+    parts = api(demo, "GET", "/demo/cluster/partitions")["partitions"]
+    mine = api(demo, "GET", f"/demo/psij/list_jobs/{sids['psij']}?limit=1000")["jobs"]
+    tasks = api(demo, "GET", "/demo/tasks/task_counts")["counts"]
+    pools = api(demo, "GET", "/demo/pilots/list_pools")["pools"]
+    return {**{f"sev-{k}": v for k, v in summary.items()},
+            "running": sum(j["state"] == "RUNNING" for j in queue),
+            "pending": sum(j["state"] == "PENDING" for j in queue),
+            **{f"free-{p['name']}": p["idle_nodes"] for p in parts},
+            **{f"total-{p['name']}": p["total_nodes"] for p in parts},
+            "my-jobs": sum(not is_final(j["state"]) for j in mine), "my-tasks": tasks["RUNNING"],
+            **pool_numbers(pools)}
+
+
+def pool_numbers(pools: list[dict[str, Any]]) -> dict[str, int]:
+    out = {"my-pools": len(pools)}
+    for p in pools:
+        out |= {f"pilots-{p['name']}": sum(x["state"] == "READY" for x in p["pilots"]),
+                f"max-{p['name']}": p["spec"]["max_size"], f"queued-{p['name']}": p["queued"]}
+    return out
+
+
+def shown_pools(page: Any) -> dict[str, int]:
+    out = {"my-pools": stat(page, "my-pools")}
+    for row in page.query_selector_all("[data-edge='demo'] tr[data-pool]"):
+        name = row.get_attribute("data-pool")
+        for key in ("pilots", "max", "queued"):
+            out[f"{key}-{name}"] = int(row.query_selector(f".{key}").inner_text())
+    return out
+
+
+def shown_numbers(page: Any) -> dict[str, int]:
+    out = {k: stat(page, k) for k in ("sev-OK", "sev-WARN", "sev-CRIT", "sev-UNKNOWN", "running", "pending",
+                                      "my-jobs", "my-tasks")}
+    for row in page.query_selector_all("[data-edge='demo'] tr[data-partition]"):
+        name = row.get_attribute("data-partition")
+        out[f"free-{name}"] = int(row.query_selector(".free").inner_text())
+        out[f"total-{name}"] = int(row.query_selector(".total").inner_text())
+    return {**out, **shown_pools(page)}
+
+
 def test_dashboard_shows_the_api_numbers(page, demo) -> None:
     api(demo, "POST", "/demo/simulator/incident", json={"type": "node_down", "target": "c011", "duration": 600})
     poll_for(lambda: api(demo, "GET", "/demo/cluster/summary")["by_severity"]["CRIT"] >= 1, 20,
              what="the down node in the cluster summary")
-    login(page, demo)
-    page.wait_for_selector("[data-edge='demo'] [data-stat='sev-CRIT']")
-    qsid = session(demo, "queue_info")
+    sids = {name: session(demo, name) for name in ("queue_info", "psij", "tasks", "pilots")}
+    jobs = [api(demo, "POST", f"/demo/psij/submit_job/{sids['psij']}", json={"job_spec": SLEEPER})["job_id"]]
+    api(demo, "POST", f"/demo/tasks/submit_tasks/{sids['tasks']}", json={"tasks": [SLEEPER] * 2})
+    poll_for(lambda: api(demo, "GET", "/demo/tasks/task_counts")["counts"]["RUNNING"] == 2, 30,
+             what="two tasks running")
+    try:
+        login(page, demo)
+        page.wait_for_selector("[data-edge='demo'] [data-stat='my-pools']")
+        # live, without reloading or re-rendering the page: the section's mark would be gone
+        page.evaluate("document.querySelector('.dashboard').dataset.mark = 'kept'")
+        before = stat(page, "my-jobs")
+        jobs.append(api(demo, "POST", f"/demo/psij/submit_job/{sids['psij']}", json={"job_spec": SLEEPER})["job_id"])
+        poll_for(lambda: stat(page, "my-jobs") == before + 1, 25, 0.2, what="the new job counted without a reload")
+        api(demo, "POST", f"/demo/pilots/create_pool/{sids['pilots']}",
+            json={"name": "dash", "min_size": 1, "max_size": 1, "cores": 1})
+        api(demo, "POST", f"/demo/pilots/submit_tasks/{sids['pilots']}?pool=dash", json={"tasks": [SLEEPER] * 12})
+        page.wait_for_selector("[data-edge='demo'] tr[data-pool='dash']", timeout=25000)
 
-    def api_numbers() -> dict[str, int]:
-        summary = api(demo, "GET", "/demo/cluster/summary")["by_severity"]
-        jobs = api(demo, "GET", f"/demo/queue_info/list_all_jobs/{qsid}?user=*")["jobs"]
-        parts = api(demo, "GET", "/demo/cluster/partitions")["partitions"]
-        return {**{f"sev-{k}": v for k, v in summary.items()},
-                "running": sum(j["state"] == "RUNNING" for j in jobs),
-                "pending": sum(j["state"] == "PENDING" for j in jobs),
-                **{f"free-{p['name']}": p["idle_nodes"] for p in parts},
-                **{f"total-{p['name']}": p["total_nodes"] for p in parts}}
+        def pools_agree() -> bool:
+            before, ui, after = (pool_numbers(api(demo, "GET", "/demo/pilots/list_pools")["pools"]),
+                                 shown_pools(page), pool_numbers(api(demo, "GET", "/demo/pilots/list_pools")["pools"]))
+            return ui.get("pilots-dash") == 1 and ui in (before, after)
 
-    def shown() -> dict[str, int]:
-        out = {k: stat(page, k) for k in ("sev-OK", "sev-WARN", "sev-CRIT", "sev-UNKNOWN", "running", "pending")}
-        for row in page.query_selector_all("[data-edge='demo'] tr[data-partition]"):
-            name = row.get_attribute("data-partition")
-            out[f"free-{name}"] = int(row.query_selector(".free").inner_text())
-            out[f"total-{name}"] = int(row.query_selector(".total").inner_text())
-        return out
+        poll_for(pools_agree, 90, 0.5, what=f"the pool's pilot READY on the dashboard (shown: {shown_pools(page)})")
+        assert page.get_attribute(".dashboard", "data-mark") == "kept", "the page was reloaded or re-rendered"
+        # the pilot's child edge has a card of its own, its tasks counted too (an older edge: by the fallback)
+        poll_for(lambda: page.locator("[data-edge^='demo.dash.'] [data-stat='my-tasks']").count() == 1
+                 and page.locator(".edge-card .field-error").count() == 0, 30, 0.2, what="the child edge's card")
+        seen: list[tuple[dict[str, int], dict[str, int]]] = []
 
-    seen: list[tuple[dict[str, int], dict[str, int]]] = []
+        def equal() -> bool:
+            # the simulator moves on between two reads: re-render and compare until both agree
+            before, ui, after = api_numbers(demo, sids), shown_numbers(page), api_numbers(demo, sids)
+            seen.append((ui, after))
+            if ui == before or ui == after:
+                return True
+            page.goto(demo["url"] + "/#/:jobs")
+            page.goto(demo["url"] + "/#/")
+            page.wait_for_selector("[data-edge='demo'] [data-stat='my-pools']")
+            return False
 
-    def equal() -> bool:
-        # the simulator moves on between two reads: re-render and compare until both agree
-        before, ui, after = api_numbers(), shown(), api_numbers()
-        seen.append((ui, after))
-        if ui == before or ui == after:
-            return True
-        page.goto(demo["url"] + "/#/:jobs")
-        page.goto(demo["url"] + "/#/")
-        page.wait_for_selector("[data-edge='demo'] [data-stat='running']")
-        return False
-
-    poll_for(equal, 60, what=f"the dashboard's numbers to equal the API's (last: {seen[-1:]})")
-    assert stat(page, "sev-CRIT") >= 1
-    assert len([k for k in seen[-1][0] if k.startswith("total-")]) == 2  # cpu and gpu partitions
-    assert "CRIT" in page.get_attribute("[data-edge='demo'] .dot", "class")
-    # notifications arrive live in "Recent notifications"
-    api(demo, "POST", "/demo/simulator/incident", json={"type": "node_down", "target": "c012", "duration": 600})
-    page.wait_for_selector(".recent li:has-text('demo/cluster')", timeout=30000)
-    doc_shot(page, "dashboard")
-    assert page.errors == []
+        poll_for(equal, 60, what=f"the dashboard's numbers to equal the API's (last: {seen[-1:]})")
+        ui = seen[-1][0]
+        assert ui["sev-CRIT"] >= 1 and ui["my-tasks"] == 2 and ui["my-jobs"] >= 3  # two sleepers and the pilot
+        assert (ui["my-pools"], ui["pilots-dash"], ui["max-dash"]) == (1, 1, 1)
+        assert 0 < ui["queued-dash"] < 12, "the pilot took some tasks, the others wait"
+        assert len([k for k in ui if k.startswith("total-")]) == 2  # cpu and gpu partitions
+        assert "CRIT" in page.get_attribute("[data-edge='demo'] .dot", "class")
+        # notifications arrive live in "Recent notifications"
+        api(demo, "POST", "/demo/simulator/incident", json={"type": "node_down", "target": "c012", "duration": 600})
+        page.wait_for_selector(".recent li:has-text('demo/cluster')", timeout=30000)
+        assert check_axe(page, "[data-edge='demo']") == []
+        doc_shot(page, "dashboard")
+        assert page.errors == []
+    finally:
+        for job_id in jobs:
+            api(demo, "POST", f"/demo/psij/cancel_job/{sids['psij']}/{job_id}")
+        api(demo, "POST", f"/demo/tasks/cancel_all_tasks/{sids['tasks']}")
+        if api(demo, "GET", "/demo/pilots/list_pools")["pools"]:
+            api(demo, "POST", f"/demo/pilots/cancel_pool/{sids['pilots']}/dash")
+        poll_for(lambda: not api(demo, "GET", "/demo/pilots/list_pools")["pools"], 60, what="the pool gone")
+        poll_for(lambda: api(demo, "GET", "/demo/tasks/task_counts")["counts"]["RUNNING"] == 0, 30,
+                 what="the sleeping tasks cancelled")
 
 
 def test_menu_sections_merge_and_items_open_distinct_views(page, demo) -> None:

@@ -670,11 +670,20 @@ def mcp_cmd(
 # -- plugins ----------------------------------------------------------------------------------
 
 @app.command("plugins")
-def plugins_cmd(config: ConfigOpt = None) -> None:
+def plugins_cmd(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {\"plugins\": [{id, enabled, spec}]} as JSON.")]
+    = False,
+) -> None:
     """List installed plugins and whether this configuration enables them (imports none)."""
     from ..runtime.host import select_plugins
+    from .remote import print_json
 
-    for pid, spec, enabled in select_plugins(_config(config), None):
+    chosen = select_plugins(_config(config), None)
+    if as_json:
+        print_json({"plugins": [{"id": pid, "enabled": enabled, "spec": spec} for pid, spec, enabled in chosen]})
+        return
+    for pid, spec, enabled in chosen:
         typer.echo(f"{pid}\t{'enabled' if enabled else 'disabled'}\t{spec}")
 
 

@@ -449,7 +449,8 @@ class PluginPsij(Plugin):
         return {"job_id": rec["id"], "state": rec["state"], "exit_code": rec["exit_code"],
                 "native_id": rec["native_id"], "executor": rec["executor"], "message": rec["message"],
                 "name": rec["spec"].get("name"), "executable": rec["spec"]["executable"],
-                "arguments": rec["spec"].get("arguments", []), "owner": rec["owner"],
+                "arguments": rec["spec"].get("arguments", []), "attributes": rec["spec"].get("attributes") or {},
+                "owner": rec["owner"],
                 "submitted": rec["created"], "started": times.get(JobState.RUNNING.value),
                 "finished": rec["updated"] if rec["state"] in FINAL else None, "history": rec["history"]}
 

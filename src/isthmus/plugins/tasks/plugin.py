@@ -42,7 +42,7 @@ from ...errors import PluginError
 from ...sdk.menu import MenuItem, MenuSection
 from ...sdk.plugin import Plugin
 from ...sdk.session import PluginSession
-from ...types import Role
+from ...types import Role, current_principal
 from ..jobpolicy import check_environment, check_number, check_text, resolve_executable
 from .backends import Backend
 from .backends.local import LocalBackend
@@ -399,6 +399,7 @@ class PluginTasks(Plugin):
         self.add_route_post("task_states/{sid}", self.task_states, reads=True)
         self.add_route_get("list_tasks/{sid}", self.list_tasks)
         self.add_route_get("get_task/{sid}/{uid}", self.get_task)
+        self.add_route_get("task_counts", self.task_counts)
         self.add_route_get("backends", self.backends)
 
     def register_menu_sections(self) -> list[MenuSection]:
@@ -615,6 +616,19 @@ class PluginTasks(Plugin):
         tasks = tasks[:limit]
         return {"tasks": [t.brief() for t in tasks], "counts": session.counts(),
                 "forgotten": session.forgotten_count, "next": tasks[-1].uid if more else None}
+
+    async def task_counts(self, request: Request) -> dict[str, Any]:
+        """Tasks by state over all the caller's sessions (an admin's: everyone's); no session needed.
+        What the Explorer's dashboard shows as "my running tasks": O(sessions), no task is read."""
+        who = current_principal.get()
+        counts = dict.fromkeys((state.value for state in TaskState), 0)
+        sessions = 0
+        for session in list(self._sessions.values()):
+            if isinstance(session, TasksSession) and self._visible(session.owner, who):
+                sessions += 1
+                for state, n in session.counts().items():
+                    counts[state] += n
+        return {"counts": counts, "sessions": sessions}
 
     async def get_task(self, request: Request) -> dict[str, Any]:
         session = self._session(request)

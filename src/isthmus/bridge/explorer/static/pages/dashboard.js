@@ -2,12 +2,14 @@
 //
 // Scale: the edge list is one page of /edge/list summaries (server-side filter and cursor),
 // so 10,000 edges cost the browser 25 cards. Details (cluster summary and partitions, queue
-// counts, my jobs and tasks) are fetched only for the edges on screen. Events never trigger a
+// counts, my jobs, tasks and pilot pools: one call per plugin) are fetched only for the edges
+// on screen. Events never trigger a
 // request each: they mark an edge dirty, and dirty visible edges are refreshed at most every
 // REFRESH_DIRTY ms; everything visible is refreshed every REFRESH_ALL ms.
 
 import { el, explorerState, fmt, pluginHref } from '../app.js';
 import { FINAL_JOB, call, edgePage, labelled, table } from './common.js';
+import { poolsTable } from './pools.js';
 import { throughputCard } from './throughput.js';
 
 const PAGE = 25;
@@ -41,7 +43,14 @@ async function details(edge, plugins) {
     }));
   }
   if (plugins.tasks) {
-    jobs.push(call(edge, 'tasks', 'list_tasks/{sid}?limit=0').then(d => { out.tasks = d.counts || {}; }));
+    // over all my sessions (the CLI's, scripts'), not only this page's; an edge older than
+    // task_counts answers 404: then this page's own session's counts
+    jobs.push(call(edge, 'tasks', 'task_counts')
+      .catch(err => (err.status === 404 ? call(edge, 'tasks', 'list_tasks/{sid}?limit=0') : Promise.reject(err)))
+      .then(d => { out.tasks = d.counts || {}; }));
+  }
+  if (plugins.pilots) {
+    jobs.push(call(edge, 'pilots', 'list_pools').then(d => { out.pools = d.pools || []; }));
   }
   const results = await Promise.allSettled(jobs);
   out.errors = results.filter(r => r.status === 'rejected').map(r => r.reason?.message || String(r.reason));
@@ -68,6 +77,7 @@ function edgeCard(edge, info, d) {
   }
   if (d.myJobs) stats.append(stat('my-jobs', 'my active jobs', d.myJobs.active));
   if (d.tasks) stats.append(stat('my-tasks', 'my running tasks', d.tasks.RUNNING ?? 0));
+  if (d.pools) stats.append(stat('my-pools', 'my pilot pools', d.pools.length));
   card.append(stats);
   if (d.partitions?.length) {
     const body = el('tbody', {}, ...d.partitions.map(p => el('tr', { 'data-partition': p.name },
@@ -78,6 +88,7 @@ function edgeCard(edge, info, d) {
         'aria-label': `${p.name}: ${p.idle_nodes} of ${p.total_nodes} nodes free` })))));
     card.append(table(['Partition', 'Free / total nodes', ''], body, `Partitions of ${edge}`));
   }
+  if (d.pools?.length) card.append(...poolsTable(edge, d.pools).filter(Boolean));
   const links = Object.entries(plugins).map(([name, m]) => el('a', { href: pluginHref(edge, name), text: m.title || name }));
   card.append(el('p', { class: 'edge-links' }, ...links.flatMap((a, i) => (i ? [' · ', a] : [a]))));
   for (const e of d.errors || []) card.append(el('p', { class: 'field-error', text: e }));

@@ -20,6 +20,14 @@ function saveTemplates(templates) { localStorage.setItem(TEMPLATES, JSON.stringi
 
 function input(name, attrs = {}) { return el('input', { name, ...attrs }); }
 
+// One argument as a POSIX shell word (what Python's shlex.quote does): the edge splits the
+// composer's Arguments field like a shell, so a resubmitted job gets back the very same list.
+function shellWord(value) {
+  const text = String(value);
+  if (text === '') return "''";
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", `'"'"'`)}'`;
+}
+
 export function render(main, route) {
   const s = explorerState();
   const edgeFilter = el('select', { name: 'edge' }, el('option', { value: '', text: 'All edges' }));
@@ -220,7 +228,9 @@ export function render(main, route) {
     el('p', {},
       FINAL_JOB.has(rec.state) ? null : el('button', { type: 'button', class: 'danger', text: 'Cancel job', onclick: () => cancel({ ...rec, edge }) }),
       ' ', el('button', { type: 'button', text: 'Resubmit…', onclick: () => {
-        fill({ name: rec.name || '', executable: rec.executable, arguments: (rec.arguments || []).join(' '), executor: rec.executor });
+        const a = rec.attributes || {};
+        fill({ name: rec.name || '', executable: rec.executable, arguments: (rec.arguments || []).map(shellWord).join(' '),
+          executor: rec.executor, queue: a.queue_name ?? '', nodes: a.node_count ?? '', duration: a.duration ?? '' });
         f.edge.value = edge;
         f.executable.focus();
         flash('The composer holds that job; change it and submit');
