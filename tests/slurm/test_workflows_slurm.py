@@ -170,6 +170,40 @@ def test_a_cycle_is_422_and_nothing_runs(fabric) -> None:
     assert client.list()["workflows"] == before
 
 
+def test_an_unknown_pool_is_422_naming_the_step_and_nothing_is_submitted(fabric) -> None:
+    two, token = fabric
+    client = workflows(two, token)
+    mine = two.stack.client(token).get_edge_client("hpc").get_plugin("pilots", PilotsClient)
+    theirs = two.stack.client().get_edge_client("hpc").get_plugin("pilots", PilotsClient)  # the admin's
+    spec = {"min_size": 0, "max_size": 1, "cores": 1, "walltime": 900, "partition": "debug"}  # no pilot until tasks
+    mine.create_pool("alice-pool", **spec)
+    theirs.create_pool("admin-pool", **spec)
+    try:
+        psij = two.stack.client(token).get_edge_client("hpc").get_plugin("psij")
+        before, jobs_before = client.list()["workflows"], {j["job_id"] for j in psij.list_jobs()}
+        task = {"executable": "/bin/echo", "arguments": ["never"]}
+
+        def doc(pool: str) -> dict[str, Any]:
+            return {"params": {"pool": "alice-pool"}, "steps": {
+                "first": {"kind": "job", "edge": "hpc", "spec": {"executable": "/bin/true"}},
+                "pooled": {"kind": "tasks", "edge": "hpc", "needs": ["first"], "pool": pool, "tasks": [task]}}}
+
+        for pool, problem in (("nope", "edge 'hpc' has no pool named 'nope' (create it with create_pool)"),
+                              ("admin-pool", "edge 'hpc' has no pool named 'admin-pool' (create it with create_pool)")):
+            for call in (client.submit, client.validate):
+                with pytest.raises(ClientError) as info:
+                    call(doc(pool))
+                assert info.value.status_code == 422, info.value
+                assert info.value.detail["errors"] == [{"field": "steps.pooled.pool", "problem": problem}]
+        assert client.validate(doc("${params.pool}"))["valid"]  # the caller's own pool, named by a parameter
+        assert client.list()["workflows"] == before  # nothing stored, nothing started
+        assert {j["job_id"] for j in psij.list_jobs()} == jobs_before  # not even the job step before it
+        assert mine.get_pool("alice-pool")["queued"] == 0 and not mine.get_pool("alice-pool")["pilots"]
+    finally:
+        mine.cancel_pool("alice-pool")
+        theirs.cancel_pool("admin-pool")
+
+
 def test_cancel_removes_the_slurm_job(fabric, slurm) -> None:
     two, token = fabric
     client = workflows(two, token)
