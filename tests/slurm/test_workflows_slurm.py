@@ -121,13 +121,16 @@ def test_xgfabric_survives_a_bridge_kill(fabric, slurm, tmp_path) -> None:
     client.register_callback(lambda e, p, t, d: events.append(d), topic="workflow_status")
     wid = client.submit(xgfabric_document(), {"n": 3, "work": str(work)})
 
-    def simulating() -> bool:
-        return client.status(wid)["steps"]["simulate"]["state"] == "RUNNING"
+    def submitted() -> dict[str, Any] | None:
+        steps = client.status(wid)["steps"]
+        sim = steps["simulate"]
+        return steps if sim["state"] == "RUNNING" and (sim["handle"] or {}).get("submitted") else None
 
-    poll_for(simulating, 240, 0.3, what="the simulations running")
+    before = poll_for(submitted, 240, 0.3, what="the simulations submitted")
     poll_for(lambda: any(d.get("step") == "simulate" and d["state"] == "RUNNING" for d in events), 10,
              what="a live workflow_status event")
     assert all(d["workflow"] == wid for d in events)
+    assert len(before["simulate"]["handle"]["uids"]) == 3
     two.kill_bridge()
     two.stack.start_bridge()  # the same state directory: the workflow resumes
     two.wait_edges()
@@ -136,7 +139,12 @@ def test_xgfabric_survives_a_bridge_kill(fabric, slurm, tmp_path) -> None:
     assert final["state"] == "DONE", final
     steps = final["steps"]
     assert [steps[s]["state"] for s in final["order"]] == ["DONE"] * 6
-    assert steps["simulate"]["attempt"] == 1  # followed after the restart, not submitted again
+    # followed after the restart, not submitted again: the same task session and uids, each run once
+    assert steps["simulate"]["attempt"] == 1
+    assert steps["simulate"]["handle"] == before["simulate"]["handle"]
+    assert steps["simulate"]["outputs"]["uids"] == before["simulate"]["handle"]["uids"]
+    assert sorted((work / "hpc" / "runs.log").read_text().split()) == ["0", "1", "2"]
+    assert steps["fetch"]["outputs"]["job_id"] == before["fetch"]["outputs"]["job_id"]  # done before: kept
     # the simulations ran as Slurm jobs (srun) and wrote one result each
     sims = steps["simulate"]["outputs"]["stdout"]
     assert sorted(sims) == [str(work / "hpc" / "out" / f"sim_{i}.dat") for i in range(3)]
