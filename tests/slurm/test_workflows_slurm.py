@@ -121,13 +121,16 @@ def test_xgfabric_survives_a_bridge_kill(fabric, slurm, tmp_path) -> None:
     client.register_callback(lambda e, p, t, d: events.append(d), topic="workflow_status")
     wid = client.submit(xgfabric_document(), {"n": 3, "work": str(work)})
 
-    def simulating() -> bool:
-        return client.status(wid)["steps"]["simulate"]["state"] == "RUNNING"
+    def submitted() -> dict[str, Any] | None:
+        steps = client.status(wid)["steps"]
+        sim = steps["simulate"]
+        return steps if sim["state"] == "RUNNING" and (sim["handle"] or {}).get("submitted") else None
 
-    poll_for(simulating, 240, 0.3, what="the simulations running")
+    before = poll_for(submitted, 240, 0.3, what="the simulations submitted")
     poll_for(lambda: any(d.get("step") == "simulate" and d["state"] == "RUNNING" for d in events), 10,
              what="a live workflow_status event")
     assert all(d["workflow"] == wid for d in events)
+    assert len(before["simulate"]["handle"]["uids"]) == 3
     two.kill_bridge()
     two.stack.start_bridge()  # the same state directory: the workflow resumes
     two.wait_edges()
@@ -136,7 +139,12 @@ def test_xgfabric_survives_a_bridge_kill(fabric, slurm, tmp_path) -> None:
     assert final["state"] == "DONE", final
     steps = final["steps"]
     assert [steps[s]["state"] for s in final["order"]] == ["DONE"] * 6
-    assert steps["simulate"]["attempt"] == 1  # followed after the restart, not submitted again
+    # followed after the restart, not submitted again: the same task session and uids, each run once
+    assert steps["simulate"]["attempt"] == 1
+    assert steps["simulate"]["handle"] == before["simulate"]["handle"]
+    assert steps["simulate"]["outputs"]["uids"] == before["simulate"]["handle"]["uids"]
+    assert sorted((work / "hpc" / "runs.log").read_text().split()) == ["0", "1", "2"]
+    assert steps["fetch"]["outputs"]["job_id"] == before["fetch"]["outputs"]["job_id"]  # done before: kept
     # the simulations ran as Slurm jobs (srun) and wrote one result each
     sims = steps["simulate"]["outputs"]["stdout"]
     assert sorted(sims) == [str(work / "hpc" / "out" / f"sim_{i}.dat") for i in range(3)]
@@ -168,6 +176,40 @@ def test_a_cycle_is_422_and_nothing_runs(fabric) -> None:
     assert info.value.status_code == 422 and info.value.detail["errors"] == [
         {"field": "steps.t.edge", "problem": "edge 'lab' has no tasks plugin, which a tasks step needs"}]
     assert client.list()["workflows"] == before
+
+
+def test_an_unknown_pool_is_422_naming_the_step_and_nothing_is_submitted(fabric) -> None:
+    two, token = fabric
+    client = workflows(two, token)
+    mine = two.stack.client(token).get_edge_client("hpc").get_plugin("pilots", PilotsClient)
+    theirs = two.stack.client().get_edge_client("hpc").get_plugin("pilots", PilotsClient)  # the admin's
+    spec = {"min_size": 0, "max_size": 1, "cores": 1, "walltime": 900, "partition": "debug"}  # no pilot until tasks
+    mine.create_pool("alice-pool", **spec)
+    theirs.create_pool("admin-pool", **spec)
+    try:
+        psij = two.stack.client(token).get_edge_client("hpc").get_plugin("psij")
+        before, jobs_before = client.list()["workflows"], {j["job_id"] for j in psij.list_jobs()}
+        task = {"executable": "/bin/echo", "arguments": ["never"]}
+
+        def doc(pool: str) -> dict[str, Any]:
+            return {"params": {"pool": "alice-pool"}, "steps": {
+                "first": {"kind": "job", "edge": "hpc", "spec": {"executable": "/bin/true"}},
+                "pooled": {"kind": "tasks", "edge": "hpc", "needs": ["first"], "pool": pool, "tasks": [task]}}}
+
+        for pool, problem in (("nope", "edge 'hpc' has no pool named 'nope' (create it with create_pool)"),
+                              ("admin-pool", "edge 'hpc' has no pool named 'admin-pool' (create it with create_pool)")):
+            for call in (client.submit, client.validate):
+                with pytest.raises(ClientError) as info:
+                    call(doc(pool))
+                assert info.value.status_code == 422, info.value
+                assert info.value.detail["errors"] == [{"field": "steps.pooled.pool", "problem": problem}]
+        assert client.validate(doc("${params.pool}"))["valid"]  # the caller's own pool, named by a parameter
+        assert client.list()["workflows"] == before  # nothing stored, nothing started
+        assert {j["job_id"] for j in psij.list_jobs()} == jobs_before  # not even the job step before it
+        assert mine.get_pool("alice-pool")["queued"] == 0 and not mine.get_pool("alice-pool")["pilots"]
+    finally:
+        mine.cancel_pool("alice-pool")
+        theirs.cancel_pool("admin-pool")
 
 
 def test_cancel_removes_the_slurm_job(fabric, slurm) -> None:

@@ -12,9 +12,11 @@ bridge-hosted plugin acting for a client has exactly that client's rights; backg
 passes the principal it stored), within ``timeout`` seconds (default: the bridge's request
 deadline), with the same limits and header policy as a client's request through the bridge.
 
-Hosts provide the transport: on the bridge, calls go straight to the edge's link (or are
-relayed to the bridge that holds it); on an edge, calls travel over the edge's own link to the
-bridge, which forwards them only to that edge's children (``<edge>.<…>``, e.g. pilots).
+Hosts provide the transport: on the bridge, calls go straight to the links of that bridge's own
+edges; an edge another bridge holds (several bridges) is not relayed — the relay authenticates
+with the caller's own token, which background work does not hold — so the call is an
+``EdgeCallError`` 503 naming that bridge. On an edge, calls travel over the edge's own link to
+the bridge, which forwards them only to that edge's children (``<edge>.<…>``, e.g. pilots).
 """
 
 from __future__ import annotations

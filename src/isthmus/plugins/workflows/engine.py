@@ -2,8 +2,11 @@
 
 Every state change is written to the store before it is announced, so a bridge killed at
 any moment resumes from the store: DONE steps stay done, a RUNNING step follows the work
-its stored handle names, PENDING steps start when their needs are met. Shutting the bridge
-down stops following (the edges' work goes on); only ``cancel`` stops the work itself.
+its stored handle names, a RETRYING step (its failed attempt already stopped) starts its next
+attempt, PENDING steps start when their needs are met. A FAILED or CANCELLED step in a workflow
+still RUNNING means the bridge died while ending it: the resume finishes that ending (stops the
+other steps' work) instead of running on. Shutting the bridge down stops following (the edges'
+work goes on); only ``cancel`` stops the work itself.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = logging.getLogger("isthmus.plugins.workflows")
 
 Notify = Callable[[dict[str, Any]], None]
 CANCEL_WAIT = 60.0
+STARTABLE = ("PENDING", "RUNNING", "RETRYING")  # RETRYING: the bridge died before the next attempt began
+OWNER_CANCEL = "cancelled by its owner"
 
 
 class WorkflowRun:
@@ -54,13 +59,13 @@ class WorkflowRun:
 
     async def run(self) -> None:
         running: dict[str, asyncio.Task[bool]] = {}
-        failed: str | None = None
         try:
+            failed = await self._ending_on_resume()
             while True:
-                if failed is None:
+                if failed is None and not self.cancelling:
                     for sid in self.workflow.order:
                         step = self.workflow.steps[sid]
-                        if self.states[sid] in ("PENDING", "RUNNING") and sid not in running and \
+                        if self.states[sid] in STARTABLE and sid not in running and \
                                 all(self.states[n] == "DONE" for n in step.needs):
                             running[sid] = asyncio.create_task(self._step(step), name=f"workflow {self.id} {sid}")
                 if not running:
@@ -81,15 +86,32 @@ class WorkflowRun:
             await asyncio.gather(*running.values(), return_exceptions=True)
             if self.cancelling:
                 self._skip_rest("CANCELLED")
-                self._finish("CANCELLED", "cancelled by its owner")
+                self._finish("CANCELLED", OWNER_CANCEL)
             raise
-        if failed is not None:
+        if self.cancelling:  # resumed half-way through its owner's cancel
+            self._skip_rest("CANCELLED")
+            self._finish("CANCELLED", OWNER_CANCEL)
+        elif failed is not None:
             self._skip_rest("SKIPPED")
             self._finish("FAILED", f"step {failed} failed")
         elif all(s == "DONE" for s in self.states.values()):
             self._finish("DONE", None)
         else:  # cannot happen with a validated DAG; never leave a workflow RUNNING with nothing to run
             self._finish("FAILED", "no step can run: " + ", ".join(s for s, v in self.states.items() if v != "DONE"))
+
+    async def _ending_on_resume(self) -> str | None:
+        """A stored FAILED step (or, without one, a CANCELLED step: only its owner's cancel makes
+        that) in a RUNNING workflow: the bridge died while ending it. Stop what its other steps
+        still run on the edges, as the ending would have; the failed step, if any."""
+        failed = next((sid for sid in self.workflow.order if self.states[sid] == "FAILED"), None)
+        if failed is None and "CANCELLED" not in self.states.values():
+            return None
+        self.cancelling = failed is None
+        self.stop_work = True
+        for sid in self.workflow.order:
+            if self.states[sid] == "RUNNING":  # a RETRYING step's attempt was stopped already
+                await self._stop(self.workflow.steps[sid])
+        return failed
 
     def _skip_rest(self, state: str) -> None:
         for sid, current in self.states.items():
@@ -177,5 +199,5 @@ class WorkflowRun:
             except Exception as exc:  # noqa: BLE001 - reported; the step's state says what happened
                 log.warning("workflow %s: cancelling step %s failed: %s", self.id, step.id, exc)
         if self.stop_work and not always:
-            why = "cancelled by its owner" if self.cancelling else "stopped: another step failed"
+            why = OWNER_CANCEL if self.cancelling else "stopped: another step failed"
             self._set(step.id, "CANCELLED", why, finished=time.time())

@@ -24,6 +24,7 @@ from ...types import Principal, Role, current_principal
 from .config import WorkflowsConfig
 from .edges import WorkflowEdges
 from .engine import WorkflowRun
+from .pools import check_pools
 from .spec import load_document, parse
 from .store import WorkflowStore
 
@@ -132,6 +133,7 @@ class PluginWorkflows(Plugin):
         """Check a workflow document as ``submit_workflow`` would, without running it."""
         document, params = await self._document(request)
         workflow = parse(document, params, self._topology())
+        await check_pools(workflow, self.edge_calls, current_principal.get())
         return {"valid": True, "name": workflow.name, "order": workflow.order, "params": workflow.params}
 
     async def submit_workflow(self, request: Request) -> dict[str, Any]:
@@ -142,6 +144,7 @@ class PluginWorkflows(Plugin):
             raise PluginError("a workflow needs an owner: submit it through the bridge with a token", 401)
         document, params = await self._document(request)
         workflow = parse(document, params, self._topology())
+        await check_pools(workflow, self.edge_calls, who)
         if len(self.runs) >= self.config.max_running:
             raise PluginError(f"{len(self.runs)} workflows are running on this bridge (max_running); "
                               "try again when some have finished", 429)
