@@ -339,6 +339,18 @@ def test_refused_logins_count_against_the_address_and_429s_are_not_audited(limit
     assert not [line for line in lines if line["status"] == 429], lines
 
 
+def test_logouts_with_junk_tokens_are_throttled_like_bad_tokens(limited: Stack) -> None:
+    """A logout always clears the browser's cookies, yet a refused credential on it is a failed
+    try: nobody unauthenticated can append audit lines without bound."""
+    junk = {"Authorization": "Bearer not-a-token"}
+    for _ in range(3):
+        assert httpx.post(f"{limited.url}/auth/logout", headers=junk).status_code == 200
+    assert httpx.post(f"{limited.url}/auth/logout", headers=junk).status_code == 429
+    logouts = [line for line in audit_lines(limited) if line["path"] == "/auth/logout"]
+    assert len(logouts) == 3 and all(line["principal"] is None for line in logouts), logouts
+    assert all(line["credential"].startswith("refused") for line in logouts), logouts
+
+
 def test_the_python_client_waits_out_a_429(limited: Stack) -> None:
     """BridgeClient honours Retry-After (bounded), so scripts slow down instead of failing."""
     client = limited.client(limited.create_token("user"))

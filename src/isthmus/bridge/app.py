@@ -307,8 +307,8 @@ class Bridge:
             method = scope["method"]
             self.metrics.observe(ex.edge, ex.plugin, method if method in METRIC_METHODS else "OTHER", ex.status,
                                  seconds)
-        if ex.credentialed and (ex.status == 401 or (scope["path"] in ATTEMPTS and 400 <= ex.status < 500
-                                                      and ex.status != 429)):
+        if ex.credentialed and (ex.status == 401 or ex.refused_credential is not None
+                                or (scope["path"] in ATTEMPTS and 400 <= ex.status < 500 and ex.status != 429)):
             client = scope.get("client")
             self.limits.failed(client[0] if client else "?")
         if self.audit is not None and ex.audited(scope["method"], scope["path"]):
