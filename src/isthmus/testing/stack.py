@@ -73,6 +73,7 @@ class Stack:
         self.bridge_proc: subprocess.Popen[bytes] | None = None
         self.edge_proc: subprocess.Popen[bytes] | None = None
         self._clients: list[BridgeClient] = []
+        self._spawned: list[subprocess.Popen[bytes]] = []  # every process, also edges a test replaced
 
     # -- processes --------------------------------------------------------------------------
 
@@ -93,9 +94,11 @@ class Stack:
     def _spawn(self, args: list[str], log_name: str, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
         assert self.workdir is not None
         log = open(self.workdir / log_name, "ab")
-        return subprocess.Popen([sys.executable, "-m", "isthmus", *args], stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "isthmus", *args], stdout=log, stderr=subprocess.STDOUT,
                                 env={**self._base_env(), **extra_env}, cwd=self.workdir,
                                 start_new_session=True)
+        self._spawned.append(proc)
+        return proc
 
     def start_bridge(self) -> None:
         args = ["bridge", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
@@ -220,16 +223,19 @@ class Stack:
             except Exception:  # noqa: BLE001 - the processes must go whatever happens here
                 pass
         self._clients.clear()
-        for proc in (self.edge_proc, self.bridge_proc):
-            if proc is not None and proc.poll() is None:
+        # edges first (one started again under a new name would otherwise reconnect forever)
+        procs = [p for p in self._spawned if p is not self.bridge_proc] + [p for p in self._spawned
+                                                                           if p is self.bridge_proc]
+        for proc in procs:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in (self.edge_proc, self.bridge_proc):
-            if proc is not None:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._spawned.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
