@@ -47,11 +47,10 @@ class DaskBackend(Backend):
         return cast(list[dict[str, Any]], await future)  # distributed is untyped: its Future gives Any
 
     def parallelism(self) -> int:
-        try:
-            threads = sum(self.client.nthreads().values()) if self.client else 1
-        except Exception:  # noqa: BLE001 - the scheduler may be busy; assume a small cluster
-            threads = 1
-        return max(2, threads * 2)
+        """Two chunks per worker thread. The asynchronous client's ``nthreads()`` is a coroutine (its
+        sum always failed: 2 chunks, however big the cluster); its cached ``scheduler_info`` has the total."""
+        info = self.client.scheduler_info() if self.client is not None else {}
+        return max(2, int(info.get("total_threads") or 1) * 2)
 
     async def close(self) -> None:
         if self.client is not None:
