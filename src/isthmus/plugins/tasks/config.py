@@ -7,9 +7,19 @@ shared with the psij plugin so both mean the same thing.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..jobpolicy import JobPolicyConfig
+
+
+class DaskTLS(BaseModel):
+    """Mutual TLS to a Dask scheduler: the CA that signs the cluster's certificates, and this client's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str
+    cert: str
+    key: str
 
 
 class TasksConfig(JobPolicyConfig):
@@ -23,6 +33,9 @@ class TasksConfig(JobPolicyConfig):
         description="Dask scheduler addresses users may name in register_session(address=...), besides "
                     "dask_address; any other address is refused (403), so users cannot make the edge dial "
                     "arbitrary hosts and ports.")
+    dask_tls: DaskTLS | None = Field(
+        None, description="Files {ca_file, cert, key} for mutual TLS to dask_address/dask_addresses schedulers; "
+                          "set, plain tcp:// is refused (a Dask scheduler runs whatever its clients send).")
     dask_jobqueue: dict[str, object] | None = Field(
         None, description="dask-jobqueue cluster for the dask backend, e.g. {kind: slurm, cores: 32, memory: 64GB, "
                           "jobs: 4}; used when no dask_address is given.")

@@ -127,7 +127,7 @@ class TasksSession(PluginSession):
                 from .backends.dask import DaskBackend
 
                 address = plugin.dask_address(self.address) if self.address else plugin.config.dask_address
-                self.backend = DaskBackend(address, plugin.config.dask_jobqueue)
+                self.backend = DaskBackend(address, plugin.config.dask_jobqueue, plugin.config.dask_tls)
             elif name == "rhapsody":
                 from .backends.rhapsody import RhapsodyBackend
 

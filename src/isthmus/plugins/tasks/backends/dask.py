@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from ..config import DaskTLS
 from ..worker import run_chunk
 from . import Backend
 
@@ -16,11 +17,13 @@ JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "
 class DaskBackend(Backend):
     name = "dask"
 
-    def __init__(self, address: str | None = None, jobqueue: dict[str, Any] | None = None) -> None:
+    def __init__(self, address: str | None = None, jobqueue: dict[str, Any] | None = None,
+                 tls: DaskTLS | None = None) -> None:
         if not address and not jobqueue:
             raise ValueError("the dask backend needs an address (tcp://host:8786) or a dask_jobqueue setting")
         self.address = address
         self.jobqueue = dict(jobqueue or {})
+        self.tls = tls
         self.client: Any = None
         self.cluster: Any = None
 
@@ -40,7 +43,16 @@ class DaskBackend(Backend):
             self.cluster = await getattr(dask_jobqueue, JOBQUEUE[kind])(asynchronous=True, **self.jobqueue)
             self.cluster.scale(jobs=jobs)
             address = self.cluster
-        self.client = await Client(address, asynchronous=True)
+        self.client = await Client(address, asynchronous=True, security=self._security())
+
+    def _security(self) -> Any:
+        """Mutual TLS when configured (encryption then required: a tcp:// address is refused)."""
+        if self.tls is None or self.address is None:
+            return None
+        from distributed.security import Security
+
+        return Security(require_encryption=True, tls_ca_file=self.tls.ca_file, tls_client_cert=self.tls.cert,
+                        tls_client_key=self.tls.key)
 
     async def run_chunk(self, tasks: list[dict[str, Any]], tail: int) -> list[dict[str, Any]]:
         future = self.client.submit(run_chunk, tasks, tail, pure=False)
