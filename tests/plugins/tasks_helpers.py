@@ -31,3 +31,15 @@ def environment_view() -> dict[str, object]:
 
     return {"environ": dict(os.environ), "proc_self": proc_environ(os.getpid()),
             "proc_parent": proc_environ(os.getppid())}
+
+
+def dask_view() -> dict[str, object]:
+    """Where a function task runs: its Dask worker (get_worker raises outside one), the batch job, which isthmus."""
+    import os
+
+    from distributed import get_worker
+
+    import isthmus
+
+    return {"worker": get_worker().address, "job": os.environ.get("SLURM_JOB_ID"), "pid": os.getpid(),
+            "isthmus": isthmus.__file__}

@@ -42,3 +42,18 @@ def test_only_idle_pilots_past_the_timeout_go_queued_ones_first_and_min_size_sta
     assert [x.job_id for x in to_release(p, now=100.0, idle_timeout=10)] == ["queued"]  # min_size 1 stays
     p.queue.append(1)
     assert to_release(p, now=100.0, idle_timeout=10) == []  # nothing goes while tasks wait
+
+
+def test_a_dask_pilot_has_its_workers_threads_on_every_node_as_slots() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    assert PoolSpec(name="p", cores=4, nodes=3).slots == 4  # without Dask: the first node's cores
+    assert PoolSpec(name="p", cores=4, nodes=3, dask=False).dask is None
+    spec = PoolSpec(name="p", cores=4, nodes=3, dask=True)
+    assert spec.dask is not None and spec.slots == 12
+    assert PoolSpec(name="p", cores=4, nodes=3, dask={"threads": 2}).slots == 6
+    assert PoolSpec.model_validate(spec.model_dump()) == spec  # what SQLite keeps reads back the same
+    for bad in ({"interface": "eth0; rm -rf ~"}, {"threads": 0}, {"workers": 2}, "yes"):
+        with pytest.raises(ValidationError):
+            PoolSpec(name="p", dask=bad)

@@ -25,7 +25,7 @@ class PilotsClient(TasksClient):
 
     def create_pool(self, name: str, **spec: Any) -> dict[str, Any]:
         """A pool: ``min_size``, ``max_size``, ``nodes``, ``cores``, ``gpus``, ``walltime``, ``partition``,
-        ``account``, ``retries``, ``idle_timeout`` (docs/pilots.md)."""
+        ``account``, ``retries``, ``idle_timeout``, ``dask`` (docs/pilots.md)."""
         return cast(dict[str, Any], self._post(f"create_pool/{self._require_sid()}", json={"name": name, **spec}))
 
     def list_pools(self) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ A pilot is an ordinary psij job record (so it is listed with the edge's jobs, ke
 code, and is re-attached after an edge restart by psij itself); its command is fixed by this
 plugin — ``python -m isthmus.plugins.pilots.launch <dir>`` — never by a user, so psij's
 executable allow-list does not apply to it. Each pilot has a private directory (mode 700)
-holding the child edge's config, and, between submission and connection, its token.
+holding the child edge's config, and, between submission and connection, its token. A pool
+with ``dask`` on also gets ``dask.json`` there, and the child's tasks plugin uses the Dask
+backend over mutual TLS with the pilot's own certificate (see ``daskcluster``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from ... import schedulers
 from ...errors import PluginError
 from ...jobstates import JobState
+from . import daskcluster
 from .config import PilotsConfig
 from .spec import PoolSpec
 
@@ -88,6 +91,8 @@ class PilotJobs:
                  "allowed_executables": cfg.allowed_executables,
                  "env_passthrough": [*cfg.env_passthrough, *ALLOCATION_VARIABLES],
                  "allowed_loader_variables": cfg.allowed_loader_variables, **cfg.task_config}
+        if spec.dask is not None:  # the launcher adds dask_address: only this child may use its scheduler
+            tasks.update(workers=1, backend="dask", dask_tls=daskcluster.tls_files(directory))
         return {"state_dir": str(directory / "state"), "scheduler": "none", "plugins": {"tasks": tasks}}
 
     def submit(self, spec: PoolSpec, pool: str, job_id: str, owner: str, bridge_urls: list[str]) -> None:
@@ -102,6 +107,11 @@ class PilotJobs:
         attributes: dict[str, Any] = {"duration": spec.walltime, "node_count": spec.nodes, "process_count": 1,
                                       "cpu_cores_per_process": spec.cores, "queue_name": spec.partition,
                                       "account": spec.account}
+        if spec.dask is not None:
+            (directory / daskcluster.OPTIONS).write_text(json.dumps(
+                {"threads": spec.dask.threads or spec.cores, "interface": spec.dask.interface}))
+            if spec.nodes > 1:  # the cores on every node, for the worker there (one process each)
+                attributes.update(process_count=spec.nodes, processes_per_node=1)
         if spec.gpus:
             attributes["gpu_cores_per_process"] = spec.gpus
         job_spec = {"executable": sys.executable, "arguments": ["-m", "isthmus.plugins.pilots.launch", str(directory)],
@@ -140,8 +150,10 @@ class PilotJobs:
             await schedulers.current().cancel(native_id)
 
     def clean(self, job_id: str) -> None:
-        """After the job: drop its token and the child edge's state; keep stdout/stderr (psij lists them)."""
+        """After the job: drop its token, Dask key and the child edge's state; keep stdout/stderr (psij lists them)."""
         self.forget_token(job_id)
+        for name in (daskcluster.KEY, daskcluster.CERT):
+            (self._directory(job_id) / name).unlink(missing_ok=True)
         shutil.rmtree(self._directory(job_id) / "state", ignore_errors=True)
 
 

@@ -16,6 +16,7 @@ The task routes have the tasks plugin's names and answers, so ``TasksClient`` (a
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 import uuid
@@ -538,6 +539,9 @@ class PluginPilots(Plugin):
             raise PluginError({"message": "the pool spec has 1 problem(s)", "errors": [
                 {"field": "name", "problem": "too long: child edges are <edge>.<pool>.<jobid>, at most 63 "
                                             "characters"}]}, 422)
+        if spec.dask is not None and importlib.util.find_spec("distributed") is None:
+            raise PluginError({"message": "the pool spec has 1 problem(s)", "errors": [
+                {"field": "dask", "problem": "this edge has no Dask: pip install 'isthmus[dask]'"}]}, 422)
         existing = self.pools.get(spec.name)
         if existing is not None:
             raise PluginError(f"pool {spec.name!r} exists{' (cancelling)' if existing.cancelled else ''}; "

@@ -13,6 +13,17 @@ from ..psij.spec import parse_duration
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,23}")  # no dots: child edges are <edge>.<pool>.<jobid>
 
 
+class DaskOptions(BaseModel):
+    """A pilot's own Dask cluster (``dask: true`` is ``dask: {}``): one worker per node of the pilot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threads: int | None = Field(None, ge=1, le=4096, description="threads per worker (default: the pool's cores)")
+    interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,32}$",
+                                  description="network interface the scheduler and workers use (e.g. ib0); "
+                                              "default: the node's address")
+
+
 class PoolSpec(BaseModel):
     """A pool: ``min_size``..``max_size`` pilot jobs of ``nodes`` x ``cores`` (and ``gpus``) for ``walltime``."""
 
@@ -29,6 +40,15 @@ class PoolSpec(BaseModel):
     account: str | None = None
     retries: int = Field(2, ge=0, le=100, description="runs a task may lose to dying pilots before it FAILS")
     idle_timeout: float | None = Field(None, ge=1, le=7 * 86400, description="default: the plugin's idle_timeout")
+    dask: DaskOptions | None = Field(None, description="true or {threads, interface}: each pilot starts a Dask "
+                                                       "cluster across its nodes and runs its tasks there")
+
+    @field_validator("dask", mode="before")
+    @classmethod
+    def _dask(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {} if value else None
+        return value
 
     @field_validator("name")
     @classmethod
@@ -55,4 +75,7 @@ class PoolSpec(BaseModel):
 
     @property
     def slots(self) -> int:
+        """Tasks one pilot runs at once: its cores, or with Dask its workers' threads on all its nodes."""
+        if self.dask is not None:
+            return (self.dask.threads or self.cores) * self.nodes
         return self.cores

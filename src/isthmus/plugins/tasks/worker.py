@@ -65,7 +65,7 @@ def _die(*_: Any) -> None:
     os._exit(1)
 
 
-def _set_parent_death_signal(sig: int) -> bool:
+def set_parent_death_signal(sig: int) -> bool:
     """Ask Linux to send ``sig`` when the parent exits (``prctl(PR_SET_PDEATHSIG)``)."""
     if not sys.platform.startswith("linux"):
         return False
@@ -116,7 +116,7 @@ def init_pool_worker() -> None:
     _release_forkserver_pipe()
     parent = os.getppid()
     signal.signal(signal.SIGTERM, _die)
-    _set_parent_death_signal(signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     if parent == 1 or os.getppid() != parent:  # the parent died before the death signal was armed
         _die()
     threading.Thread(target=_watch_parent, args=(parent,), name="isthmus-parent-watch", daemon=True).start()
