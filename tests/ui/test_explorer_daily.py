@@ -275,6 +275,46 @@ def upload_and_download(page: Any, demo: dict[str, str], tmp_path: Path, folder:
     assert page.errors == []
 
 
+def test_files_page_keeps_the_folder_typed_and_asked_for_last(page, demo) -> None:
+    """The page lists `~` as it opens. When that answer comes late, it neither replaces a folder
+    typed meanwhile nor one opened meanwhile (it made the upload tests flaky: Open listed ~)."""
+    held: list[Any] = []
+    late = re.compile(r"/demo/staging/list/.*path=~")
+    page.route(late, lambda route: held.append(route))  # each first listing waits for the test
+    status, path = ".files-page p[role=status]", ".files-page input[name='path']"
+
+    def settle() -> None:  # the late answer's handler has run
+        page.evaluate("() => new Promise(resolve => setTimeout(resolve, 300))")
+
+    def hold(count: int) -> None:  # (Playwright runs route handlers while the test is inside one of its calls)
+        poll_for(lambda: page.wait_for_timeout(100) or len(held) == count, 15, 0, what="the page's listing of ~")
+
+    login(page, demo)
+    page.goto(demo["url"] + "/#/:files/demo")
+    hold(1)
+    page.fill(path, "/tmp")  # typed, not yet opened
+    with page.expect_response(late) as answer:
+        held[0].continue_()
+    assert answer.value.ok
+    page.wait_for_selector(f"{status}:has-text('demo:')")
+    settle()
+    assert page.input_value(path) == "/tmp"  # what the user typed is still there
+    page.click(".files-page .toolbar button[type=submit]")
+    page.wait_for_selector(f"{status}:has-text('demo:/tmp —')")
+
+    page.reload()
+    hold(2)
+    page.fill(path, "/tmp")
+    page.click(".files-page .toolbar button[type=submit]")  # opened before ~'s answer
+    page.wait_for_selector(f"{status}:has-text('demo:/tmp —')")
+    with page.expect_response(late) as answer:
+        held[1].continue_()
+    assert answer.value.ok
+    settle()
+    assert page.inner_text(status).startswith("demo:/tmp —") and page.input_value(path) == "/tmp"
+    assert page.errors == []
+
+
 SLICE = 8 * 1024 * 1024  # the Files page's upload slice (pages/files.js)
 
 

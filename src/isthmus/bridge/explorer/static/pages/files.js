@@ -77,6 +77,7 @@ export function render(main, route) {
   let cwd = null;
   let stopped = null;  // { file, edge, dest } of the upload that stopped
   let busy = false;
+  let listings = 0;  // folder listings asked for
 
   main.replaceChildren(el('section', { class: 'files-page' },
     el('h1', { text: 'Files' }),
@@ -96,14 +97,19 @@ export function render(main, route) {
   const edge = () => edgeSelect.value;
 
   async function list(path) {
+    const mine = ++listings;  // only the last folder asked for is shown, whichever answer comes last
+    const typed = pathInput.value;
     try {
       const data = await call(edge(), 'staging', `list/{sid}?path=${encodeURIComponent(path)}`);
+      if (mine !== listings) return;
       cwd = data.path;
-      pathInput.value = cwd;
+      if (pathInput.value === typed) pathInput.value = cwd;  // never over what was typed meanwhile
       where.textContent = `${edge()}:${cwd} — ${data.entries.length} entries`;
       tbody.replaceChildren(...data.entries.map(entry => row(entry)));
       if (!data.entries.length) tbody.append(el('tr', {}, el('td', { colspan: 6, class: 'hint', text: 'Empty folder.' })));
-    } catch (err) { where.textContent = err.message; tbody.replaceChildren(); }
+    } catch (err) {
+      if (mine === listings) { where.textContent = err.message; tbody.replaceChildren(); }
+    }
   }
 
   function row(entry) {
