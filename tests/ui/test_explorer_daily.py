@@ -389,6 +389,7 @@ def resume_upload(page: Any, demo: dict[str, str], tmp_path: Path, folder: Path)
                        "The edge keeps the 19.0 MiB it received: press Resume to continue from there."), stopped
     assert page.evaluate("document.querySelector('.upload-progress').value") == kept
     assert page.is_visible("button.resume-upload")
+    assert check_axe(page, ".files-page") == []  # the message and the Resume button
     doc_shot(page, "files-resume")
 
     phase = "resume"
@@ -406,6 +407,7 @@ def resume_upload(page: Any, demo: dict[str, str], tmp_path: Path, folder: Path)
     assert page.inner_text(".upload-text") == "Uploaded parts.bin: 32.1 MiB"
     assert not page.is_visible("button.resume-upload")
     page.wait_for_selector("tr[data-name='parts.bin']")
+    assert check_axe(page, ".files-page") == []  # a file's row: its buttons' names hold their visible text
     assert page.errors == []
 
 

@@ -121,7 +121,7 @@ export function render(main, route) {
     const actions = el('td', { class: 'actions' });
     if (entry.type === 'file') {
       actions.append(el('button', { type: 'button', text: 'Download', 'aria-label': `Download ${entry.name}`, onclick: () => download(path, entry.name) }),
-        el('button', { type: 'button', text: 'Checksum', 'aria-label': `SHA-256 of ${entry.name}`, onclick: async () => {
+        el('button', { type: 'button', text: 'Checksum', 'aria-label': `Checksum of ${entry.name} (SHA-256)`, onclick: async () => {
           sum.textContent = '…';
           try { sum.textContent = (await call(edge(), 'staging', `checksum/{sid}?path=${encodeURIComponent(path)}`)).sha256; } catch (err) { sum.textContent = err.message; }
         } }));
