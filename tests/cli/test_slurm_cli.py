@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,15 +39,38 @@ def submit(run: Run, *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_submit_ls_tail_wait_on_slurm(on_slurm: Run, tmp_path: Path) -> None:
-    job_id = submit(on_slurm, "--queue", "debug", "--time", "60", "--name", "cli-slurm", "--",
-                    "/bin/sh", "-c", "echo one; sleep 2; echo two")
+def squeue_state(slurm: SlurmInfo, native_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", native_id, "-o", "%T"], capture_output=True, text=True,
+                          env={**os.environ, **slurm.env}, timeout=30).stdout.strip()
+
+
+def test_submit_ls_tail_wait_on_slurm(slurm: SlurmInfo, slurm_edge: Stack, on_slurm: Run, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    job_id = submit(on_slurm, "--queue", "debug", "--time", "60", "--name", "cli-slurm", "--", "/bin/sh", "-c",
+                    f"echo one; while [ ! -e {release} ]; do sleep 0.2; done; echo two")
+    psij = slurm_edge.client().get_edge_client("hpc").get_plugin("psij", PsijClient)
     env = client_env(tmp_path)  # the same user (XDG_CONFIG_HOME): the login holds the bridge and token
     follower = subprocess.Popen([ISTHMUS, "jobs", "tail", "hpc", job_id, "--follow"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)
-    out, err = follower.communicate(timeout=180)
+    watchdog = threading.Timer(240, follower.kill)  # a line that never comes fails the test, not the run
+    watchdog.start()
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "one\n"  # arrives while the job waits for the release
+        assert follower.poll() is None, "tail --follow ended before the job did"
+        native = psij.get_job_status(job_id)["native_id"]
+        assert squeue_state(slurm, native) == "RUNNING"  # Slurm itself says the job is still running
+        # the edge's record follows Slurm by polling; the job cannot end before the release
+        poll_for(lambda: psij.get_job_status(job_id)["state"] == "RUNNING", 60, 0.5, what="job RUNNING")
+        release.touch()
+        out, err = follower.communicate(timeout=180)
+    finally:
+        watchdog.cancel()
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(10)
     assert follower.returncode == 0, err
-    assert out == "one\ntwo\n"
+    assert out == "two\n"
     waited = on_slurm("jobs", "wait", "hpc", job_id, "--timeout", "120", "--json")
     assert waited.returncode == 0, waited.stderr
     final = json.loads(waited.stdout)
@@ -73,9 +97,4 @@ def test_cancel_on_slurm(slurm: SlurmInfo, slurm_edge: Stack, on_slurm: Run) -> 
     waited = on_slurm("jobs", "wait", "hpc", job_id, "--timeout", "120")
     assert waited.returncode == 3 and "CANCELLED" in waited.stdout
 
-    def gone() -> bool:
-        out = subprocess.run(["squeue", "-h", "-j", native, "-o", "%T"], capture_output=True, text=True,
-                             env={**os.environ, **slurm.env}, timeout=30).stdout
-        return out.strip() in ("", "CANCELLED")
-
-    poll_for(gone, 60, 0.5, what="the Slurm job gone from squeue")
+    poll_for(lambda: squeue_state(slurm, native) in ("", "CANCELLED"), 60, 0.5, what="the Slurm job gone from squeue")

@@ -89,6 +89,12 @@ def test_nodes_partitions_and_rooms_are_three_views(page, fast) -> None:
     page.wait_for_selector(".slot[data-node='c001']")
     assert not visible(page, ".cl-nodes") and not visible(page, ".cl-parts")
     assert page.locator(".cl-rooms [role=tab][aria-selected=true]").count() == 1
+    # the room's two charts drawn from the history API before the picture is taken
+    until(page, """() => { const figs = [...document.querySelectorAll('.cl-room-charts .ts-chart')];
+        return figs.length === 2 && figs.every(f => Number(f.dataset.points) > 0); }""")
+    captions = page.locator(".cl-room-charts .ts-chart figcaption").all_inner_texts()
+    assert [c.split(": ")[-1] for c in captions] == ["hottest node", "power"], captions
+    doc_shot(page, "cluster-rooms", full_page=True)
     assert page.errors == []
 
 

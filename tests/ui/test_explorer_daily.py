@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 
@@ -270,6 +272,142 @@ def upload_and_download(page: Any, demo: dict[str, str], tmp_path: Path, folder:
     page.click("tr[data-name='big.bin'] button:has-text('Delete')")
     page.wait_for_selector("tr[data-name='big.bin']", state="detached")
     assert not (folder / "big.bin").exists()
+    assert page.errors == []
+
+
+def test_files_page_keeps_the_folder_typed_and_asked_for_last(page, demo) -> None:
+    """The page lists `~` as it opens. When that answer comes late, it neither replaces a folder
+    typed meanwhile nor one opened meanwhile (it made the upload tests flaky: Open listed ~)."""
+    held: list[Any] = []
+    late = re.compile(r"/demo/staging/list/.*path=~")
+    page.route(late, lambda route: held.append(route))  # each first listing waits for the test
+    status, path = ".files-page p[role=status]", ".files-page input[name='path']"
+
+    def settle() -> None:  # the late answer's handler has run
+        page.evaluate("() => new Promise(resolve => setTimeout(resolve, 300))")
+
+    def hold(count: int) -> None:  # (Playwright runs route handlers while the test is inside one of its calls)
+        poll_for(lambda: page.wait_for_timeout(100) or len(held) == count, 15, 0, what="the page's listing of ~")
+
+    login(page, demo)
+    page.goto(demo["url"] + "/#/:files/demo")
+    hold(1)
+    page.fill(path, "/tmp")  # typed, not yet opened
+    with page.expect_response(late) as answer:
+        held[0].continue_()
+    assert answer.value.ok
+    page.wait_for_selector(f"{status}:has-text('demo:')")
+    settle()
+    assert page.input_value(path) == "/tmp"  # what the user typed is still there
+    page.click(".files-page .toolbar button[type=submit]")
+    page.wait_for_selector(f"{status}:has-text('demo:/tmp —')")
+
+    page.reload()
+    hold(2)
+    page.fill(path, "/tmp")
+    page.click(".files-page .toolbar button[type=submit]")  # opened before ~'s answer
+    page.wait_for_selector(f"{status}:has-text('demo:/tmp —')")
+    with page.expect_response(late) as answer:
+        held[1].continue_()
+    assert answer.value.ok
+    settle()
+    assert page.inner_text(status).startswith("demo:/tmp —") and page.input_value(path) == "/tmp"
+    assert page.errors == []
+
+
+SLICE = 8 * 1024 * 1024  # the Files page's upload slice (pages/files.js)
+
+
+def test_upload_resumes_from_what_the_edge_kept(page, demo, tmp_path) -> None:
+    folder = Path("/tmp") / f"isthmus-ui-resume-{os.getpid()}"  # inside the staging sandbox's default roots
+    folder.mkdir(exist_ok=True)
+    try:
+        resume_upload(page, demo, tmp_path, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def resume_upload(page: Any, demo: dict[str, str], tmp_path: Path, folder: Path) -> None:
+    """Five slices; the connection breaks 3 MiB into the third (those bytes reach the edge) and stays
+    broken through the automatic retries; Resume then sends only the rest, with one more break on
+    the way that the page gets over by itself. Every PUT goes through the route handler, which
+    records what reached the edge."""
+    data = os.urandom(4 * SLICE + 123_457)
+    source = tmp_path / "parts.bin"
+    source.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    partial, final = folder / ".parts.bin.isthmus-partial", folder / "parts.bin"
+    cut = 3 * 1024 * 1024 + 12_345  # what of the third slice arrives before its connection breaks
+    kept = 2 * SLICE + cut
+    phase = "first"
+    sent: dict[str, list[tuple[int, int]]] = {"first": [], "resume": []}  # (offset, bytes) that reached the edge
+    broken: dict[str, list[int]] = {"first": [], "resume": []}  # offsets of PUTs whose connection broke
+    statuses: list[int] = []
+
+    def handle(route: Any, request: Any) -> None:
+        offset = int(parse_qs(urlparse(request.url).query)["offset"][0])
+        body = request.post_data_buffer or b""
+        if phase == "first" and len(sent["first"]) == 2:  # the third slice: a part arrives, then the break
+            headers = {k: v for k, v in request.all_headers().items() if k not in ("content-length", "cookie", "host")}
+            statuses.append(route.fetch(post_data=body[:cut], headers=headers).status)
+            sent["first"].append((offset, cut))
+            broken["first"].append(offset)
+            route.abort("connectionreset")
+        elif phase == "first" and len(sent["first"]) == 3:  # the edge out of reach: nothing arrives
+            broken["first"].append(offset)
+            route.abort("connectionreset")
+        elif phase == "resume" and len(sent["resume"]) == 1 and not broken["resume"]:  # a blip, once
+            broken["resume"].append(offset)
+            route.abort("connectionreset")
+        else:
+            sent[phase].append((offset, len(body)))
+            route.continue_()
+
+    login(page, demo)
+    page.route(re.compile(r"/demo/staging/upload/"), handle)
+    page.goto(demo["url"] + "/#/:files/demo")
+    page.wait_for_selector(".files-page table")
+    page.fill(".files-page input[name='path']", str(folder))
+    page.click(".files-page .toolbar button[type=submit]")
+    page.wait_for_selector(f".files-page [role=status]:has-text('{folder}')")
+    page.evaluate("""() => { window.__texts = []; const text = document.querySelector('.upload-text');
+        new MutationObserver(() => window.__texts.push(text.textContent))
+          .observe(text, { childList: true, characterData: true, subtree: true }); }""")
+    page.set_input_files(".upload-form input[type=file]", str(source))
+    page.click(".upload-form button[type=submit]")
+
+    page.wait_for_selector(".upload-text[data-state='stopped']", timeout=90000)
+    assert statuses == [200]  # the 3 MiB of the third slice did reach the edge
+    assert partial.stat().st_size == kept and not final.exists()
+    # each automatic retry asked the edge where it stood: the third slice's offset plus what arrived
+    assert broken["first"] == [2 * SLICE] + [kept] * 3, broken
+    texts = page.evaluate("window.__texts")
+    assert any(t.startswith("Upload interrupted at 16.0 MiB (the connection broke during the upload); trying again "
+                            "in 1 s (1 of 3)") for t in texts), texts
+    stopped = page.inner_text(".upload-text")
+    assert stopped == ("Upload of parts.bin stopped at 19.0 MiB of 32.1 MiB: the connection broke during the upload. "
+                       "The edge keeps the 19.0 MiB it received: press Resume to continue from there."), stopped
+    assert page.evaluate("document.querySelector('.upload-progress').value") == kept
+    assert page.is_visible("button.resume-upload")
+    assert check_axe(page, ".files-page") == []  # the message and the Resume button
+    doc_shot(page, "files-resume")
+
+    phase = "resume"
+    page.click("button.resume-upload")
+    page.wait_for_selector(f".checksum-result[data-sha256='{expected}']", timeout=90000)
+    offsets = [o for o, _ in sent["resume"]]
+    assert offsets[0] == kept, sent["resume"]  # from the offset the edge had, not from 0
+    assert broken["resume"] == [offsets[1]]  # the blip's slice was sent again at the same offset
+    ends = [o + n for o, n in sent["resume"]]
+    assert ends == [*offsets[1:], len(data)], sent["resume"]  # each slice where the last ended, up to the end
+    resumed = sum(n for _, n in sent["resume"])
+    assert resumed == len(data) - kept < len(data)  # fewer bytes the second time: only what the edge lacked
+    assert sum(n for _, n in sent["first"]) + resumed == len(data)  # no byte reached the edge twice
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == expected and not partial.exists()
+    assert page.inner_text(".upload-text") == "Uploaded parts.bin: 32.1 MiB"
+    assert not page.is_visible("button.resume-upload")
+    page.wait_for_selector("tr[data-name='parts.bin']")
+    assert check_axe(page, ".files-page") == []  # a file's row: its buttons' names hold their visible text
     assert page.errors == []
 
 
