@@ -10,7 +10,10 @@ edge's Slurm), the edge's tasks plugin two workers, so both sides have two task 
   Python functions (``operator:pos``), through the pool and on the local backend. Batch 1
   is measured as repeated one-task submit-and-wait rounds.
 
-Run: .venv/bin/python bench/pilots.py [--slurm] [--rounds N]
+``--dask``: each pilot runs its tasks on its own Dask cluster (one worker of one thread,
+mutual TLS; docs/pilots.md), so the pool's figures include Dask's hop.
+
+Run: .venv/bin/python bench/pilots.py [--slurm] [--dask] [--rounds N]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--slurm", action="store_true", help="pilots as Slurm jobs (needs make slurm-up)")
     parser.add_argument("--rounds", type=int, default=50, help="one-task rounds for batch 1")
     parser.add_argument("--states-only", action="store_true", help="pilots: collect_output false")
+    parser.add_argument("--dask", action="store_true", help="pilots run their tasks on their own Dask cluster")
     args = parser.parse_args()
     config: dict[str, Any] = {"scheduler": "slurm" if args.slurm else "none",
                               "plugins": {"tasks": {"workers": 2}, "psij": {"allowed_directories": ["~", "/tmp"]},
@@ -62,14 +66,14 @@ def main() -> None:
     env = {"SLURM_CONF": os.environ["SLURM_CONF"]} if args.slurm and "SLURM_CONF" in os.environ else {}
     result: dict[str, Any] = {"pilots": 2, "cores_per_pilot": 1, "local_workers": 2,
                               "executor": "slurm" if args.slurm else "local",
-                              "collect_output": not args.states_only, "batches": {}}
+                              "collect_output": not args.states_only, "dask": args.dask, "batches": {}}
     with Stack(plugins=["psij", "tasks", "pilots"], config=config, env=env) as stack:
         edge = stack.client().get_edge_client("test")
         pilots = edge.get_plugin("pilots", PilotsClient)
         local = edge.get_plugin("tasks", TasksClient)
 
         start = time.perf_counter()
-        pilots.create_pool("bench", min_size=2, max_size=2, cores=1, walltime=3600)
+        pilots.create_pool("bench", min_size=2, max_size=2, cores=1, walltime=3600, dask=args.dask)
         try:
             run(result, pilots, local, start, args.rounds)
         finally:
