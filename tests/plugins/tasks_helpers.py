@@ -43,3 +43,8 @@ def dask_view() -> dict[str, object]:
 
     return {"worker": get_worker().address, "job": os.environ.get("SLURM_JOB_ID"), "pid": os.getpid(),
             "isthmus": isthmus.__file__}
+
+
+def blob(size: int) -> str:
+    """A return value of ``size`` characters: records larger than output_tail bounds (get_tasks' answer size)."""
+    return "x" * size

@@ -237,3 +237,56 @@ def test_config_contract() -> None:
     for bad in ({"workers": 0}, {"output_tail": -1}, {"pickles": True}):
         with pytest.raises(ValidationError):
             TasksConfig.model_validate(bad)
+
+
+def test_get_tasks_reads_records_in_batches_within_bounds(stack) -> None:
+    from isthmus.plugins.tasks.client import TasksClient
+    from isthmus.plugins.tasks.plugin import GET_TASKS_BYTES, GET_TASKS_MAX
+
+    ann, bob = stack.create_token("user", principal="ann"), stack.create_token("user", principal="bob")
+    one, two = (stack.client(ann).get_edge_client("test").get_plugin("tasks", TasksClient) for _ in range(2))
+    try:
+        small = one.submit_tasks([{"executable": "/bin/sh", "arguments": ["-c", f"echo out{i}; echo err{i} >&2"]}
+                                  for i in range(3)])
+        size = 2 << 20  # nine of these pass the answer bound: the rest are answered as `more`
+        big = one.submit_tasks([{"function": "tests.plugins.tasks_helpers:blob", "args": [size]}] * 9)
+        assert set(one.wait_tasks(small + big, timeout=60).values()) == {"DONE"}
+        assert 9 * size > GET_TASKS_BYTES
+
+        records = one.get_tasks(small + big)  # the client follows `more`
+        assert list(records) == small + big
+        assert [records[u]["stdout"] for u in small] == ["out0\n", "out1\n", "out2\n"]
+        assert records[small[1]]["stderr"] == "err1\n" and records[small[1]]["exit_code"] == 0
+        assert all(records[u]["return_value"] == "x" * size for u in big)
+        assert records[small[0]] == one.get_task(small[0])  # the same record as get_task
+
+        stranger = "task.999999"
+        with stack.http(ann) as http:
+            resp = http.post(f"/test/tasks/get_tasks/{one.sid}", json={"uids": [*small, stranger, *big]})
+            resp.raise_for_status()
+            answer = resp.json()
+            got = [t["uid"] for t in answer["tasks"]]
+            assert answer["unknown"] == [stranger] and answer["forgotten"] == {}
+            assert got == (small + big)[:len(got)] and answer["more"] == (small + big)[len(got):]
+            assert 3 < len(got) < 12 and answer["more"]  # bounded by size, never empty
+            rest = http.post(f"/test/tasks/get_tasks/{one.sid}", json={"uids": answer["more"]}).json()
+            assert [t["uid"] for t in rest["tasks"]] == answer["more"] and rest["more"] == []
+
+            too_many = http.post(f"/test/tasks/get_tasks/{one.sid}", json={"uids": small * (GET_TASKS_MAX // 3 + 1)})
+            assert too_many.status_code == 422 and str(GET_TASKS_MAX) in too_many.text
+            assert http.post(f"/test/tasks/get_tasks/{one.sid}", json={"uids": "task.000001"}).status_code == 422
+
+            # another session of the same user has its own numbering: one's later uids are unknown there
+            mine = two.submit_tasks([{"executable": "/bin/true"}])
+            two.wait_tasks(mine, timeout=30)
+            there = http.post(f"/test/tasks/get_tasks/{two.sid}", json={"uids": [big[-1]]}).json()
+            assert there["tasks"] == [] and there["unknown"] == [big[-1]]
+        with stack.http(bob) as http:  # another user cannot name ann's session at all
+            resp = http.post(f"/test/tasks/get_tasks/{one.sid}", json={"uids": small})
+            assert resp.status_code == 404 and "out0" not in resp.text
+        with pytest.raises(ClientError) as err:
+            one.get_tasks([small[0], stranger])
+        assert err.value.status_code == 404
+    finally:
+        one.close()
+        two.close()

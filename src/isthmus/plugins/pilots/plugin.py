@@ -47,7 +47,8 @@ from .store import PilotStore, number_of, uid_of
 log = logging.getLogger("isthmus.plugins.pilots")
 FINAL = ("DONE", "FAILED", "CANCELLED")
 SEND_MAX = 512  # tasks per submit call to a pilot
-FETCH_CONCURRENCY = 32  # get_task calls in flight per pilot
+FETCH_CONCURRENCY = 32  # get_task calls in flight per pilot (a child without get_tasks)
+FETCH_BATCH = 1000  # uids per get_tasks call to a pilot (the tasks plugin's most)
 SUSPECT_WAIT = 3.0  # seconds a killed-looking result waits: did its pilot die under it?
 PAGE_MAX = 10_000
 
@@ -418,14 +419,45 @@ class PluginPilots(Plugin):
         try:
             return await self._calls.call(pilot.edge or "", method, path, principal=pool.owner, timeout=30, **kwargs)
         except EdgeCallError as exc:
-            if exc.status == 404 and "session" in str(exc.detail) and pilot.state == READY:
-                self._spawn(self._release(pool, pilot, f"its tasks session is gone ({exc.detail})"))
+            self._failed_call(pool, pilot, exc)
             return None
+
+    def _failed_call(self, pool: Pool, pilot: Pilot, exc: EdgeCallError) -> None:
+        if exc.status == 404 and "session" in str(exc.detail) and pilot.state == READY:
+            self._spawn(self._release(pool, pilot, f"its tasks session is gone ({exc.detail})"))
+
+    async def _fetch_batches(self, pool: Pool, pilot: Pilot, remotes: list[str]) -> tuple[list[tuple[str, Any]],
+                                                                                          list[str]]:
+        """Whole records of ``remotes`` through get_tasks, FETCH_BATCH a call (following its
+        ``more``); also the uids left for get_task, all of them when the child has no get_tasks
+        (404/405: an older child). A failed call leaves its tasks in flight: asked again next pass."""
+        records: list[tuple[str, Any]] = []
+        for start in range(0, len(remotes), FETCH_BATCH):
+            ask = remotes[start:start + FETCH_BATCH]
+            while ask:
+                try:
+                    answer = await self._calls.call(pilot.edge or "", "POST", f"/tasks/get_tasks/{pilot.sid}",
+                                                    json={"uids": ask}, principal=pool.owner, timeout=30)
+                except EdgeCallError as exc:
+                    if exc.status in (404, 405) and "session" not in str(exc.detail):
+                        pilot.batch_reads = False
+                        log.info("pool %s: %s has no get_tasks; reading records one by one", pool.name, pilot.edge)
+                        return records, ask + remotes[start + FETCH_BATCH:]
+                    self._failed_call(pool, pilot, exc)
+                    return records, []
+                records.extend((t["uid"], t) for t in answer.get("tasks", []))
+                # forgotten by the child (its max_tasks): the final state is known, the output is not
+                records.extend((u, {"uid": u, "state": s, "exit_code": None})
+                               for u, s in answer.get("forgotten", {}).items())
+                if answer.get("unknown") and pilot.state == READY:  # as get_task's 404: retried elsewhere
+                    self._spawn(self._release(pool, pilot, f"its tasks session lost tasks {answer['unknown'][:3]}"))
+                ask = answer.get("more") or []
+        return records, []
 
     async def _collect(self, pool: Pool, pilot: Pilot, remotes: list[str],
                        known: dict[str, Any] | None = None) -> None:
-        """Record finished tasks: their whole records (output too), or with ``collect_output: false``
-        only states and exit codes, all in one call."""
+        """Record finished tasks: their whole records (output too; get_tasks, a thousand a call),
+        or with ``collect_output: false`` only states and exit codes, all in one call."""
         gate = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def fetch(remote: str) -> tuple[str, Any]:
@@ -435,7 +467,9 @@ class PluginPilots(Plugin):
         if known is not None:
             records: list[tuple[str, Any]] = list(known.items())
         elif self.config.collect_output:
-            records = await asyncio.gather(*(fetch(r) for r in remotes))
+            records, one_by_one = (await self._fetch_batches(pool, pilot, remotes) if pilot.batch_reads
+                                   else ([], remotes))
+            records += await asyncio.gather(*(fetch(r) for r in one_by_one))
         else:
             answer = await self._ask(pool, pilot, "POST", f"/tasks/task_states/{pilot.sid}", json={"uids": remotes})
             records = [(t["uid"], t) for t in (answer or {}).get("tasks", [])]

@@ -49,6 +49,7 @@ class Pilot:
     busy: bool = False  # a connect, submit or cancel is under way
     handed: asyncio.Event = field(default_factory=asyncio.Event)  # tasks were handed to it: follow them
     suspect: dict[str, dict[str, Any]] = field(default_factory=dict)  # killed-looking results, not yet believed
+    batch_reads: bool = True  # its tasks plugin has get_tasks (False: a child from before it, one get_task each)
 
     def public(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "native_id": self.native_id, "edge": self.edge, "state": self.state,

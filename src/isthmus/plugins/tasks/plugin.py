@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from prometheus_client.core import GaugeMetricFamily, Metric
+from starlette.responses import Response
 
 from ...errors import PluginError
 from ...sdk.menu import MenuItem, MenuSection
@@ -59,6 +60,8 @@ MAX_TIMEOUT = 366 * 86400  # seconds; larger (or inf/nan) is a mistake, and over
 INTERNAL_KEYS = frozenset({"uid", "cancel_marker", "passthrough"})  # set by the edge, never by a client
 PAGE_DEFAULT = 1000  # list_tasks without limit: one page of this many, never the whole session
 PAGE_MAX = 10_000
+GET_TASKS_MAX = 1000  # uids per get_tasks call
+GET_TASKS_BYTES = 16 << 20  # a get_tasks answer stops adding records past this many bytes (stdout, stderr, values)
 FORGOTTEN_CODES = (None, TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)  # bytes of session.forgotten
 
 
@@ -397,6 +400,7 @@ class PluginTasks(Plugin):
             self.add_route_post(path, handler)
         self.add_route_post("wait_tasks/{sid}", self.wait_tasks, reads=True)
         self.add_route_post("task_states/{sid}", self.task_states, reads=True)
+        self.add_route_post("get_tasks/{sid}", self.get_tasks, reads=True)
         self.add_route_get("list_tasks/{sid}", self.list_tasks)
         self.add_route_get("get_task/{sid}/{uid}", self.get_task)
         self.add_route_get("task_counts", self.task_counts)
@@ -697,6 +701,42 @@ class PluginTasks(Plugin):
             raise PluginError(f"the body is not JSON: {exc}", 422) from exc
         found, unknown = session.states(uids or [])
         return {"tasks": found, "unknown": unknown}
+
+    async def get_tasks(self, request: Request) -> Response:
+        """``{"uids": [...]}`` (at most GET_TASKS_MAX) → their whole records, as ``get_task`` answers
+        them (``tasks``), the uids never seen (``unknown``), the forgotten ones with their final
+        state (``forgotten``) and, past GET_TASKS_BYTES of records, the uids left to ask again
+        (``more``; the first record is always answered). Each record is serialized once, here."""
+        session = self._session(request)
+        try:
+            _body, uids = await self._uids_body(request, "")
+        except orjson.JSONDecodeError as exc:
+            raise PluginError(f"the body is not JSON: {exc}", 422) from exc
+        uids = uids or []
+        if len(uids) > GET_TASKS_MAX:
+            raise PluginError(f"at most {GET_TASKS_MAX} uids per get_tasks call, not {len(uids)}", 422)
+        parts: list[bytes] = []
+        unknown: list[str] = []
+        forgotten: dict[str, str] = {}
+        more: list[str] = []
+        size = 0
+        for uid in uids:
+            task = session.tasks.get(uid)
+            if task is None:
+                gone = session.forgotten_state(uid)
+                if gone is None:
+                    unknown.append(uid)
+                else:
+                    forgotten[uid] = gone.value
+            elif parts and size >= GET_TASKS_BYTES:
+                more.append(uid)
+            else:
+                part = orjson.dumps(task.full(), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+                size += len(part)
+                parts.append(part)
+                session.mark_read(task)
+        tail = orjson.dumps({"unknown": unknown, "forgotten": forgotten, "more": more})
+        return Response(b'{"tasks":[' + b",".join(parts) + b"]," + tail[1:], media_type="application/json")
 
     async def backends(self, request: Request) -> dict[str, Any]:
         from .backends.rhapsody import available
