@@ -11,15 +11,16 @@ import pytest
 from isthmus import ClientError
 from isthmus.plugins.pilots.client import PilotsClient
 from isthmus.testing.stack import Stack, poll_for
-from tests.plugins.pilots_helpers import pilots_client
+from tests.plugins.pilots_helpers import SAME_CODE_PSIJ, pilots_client, same_code_env
 
-CONFIG = {"scheduler": "none", "plugins": {"psij": {"allowed_directories": ["~", "/tmp"]},
-                                           "pilots": {"tick": 0.2, "idle_timeout": 2}}}
+# the pilots run this checkout's isthmus (PYTHONPATH through psij), and import tests' functions by name
+CONFIG = {"scheduler": "none", "plugins": {"psij": SAME_CODE_PSIJ, "pilots": {"tick": 0.2, "idle_timeout": 2}}}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(plugins=["psij", "pilots"], config=CONFIG, workdir=tmp_path_factory.mktemp("pilots")) as s:
+    with Stack(plugins=["psij", "pilots"], config=CONFIG, env=same_code_env(),
+               workdir=tmp_path_factory.mktemp("pilots")) as s:
         yield s
 
 
@@ -105,3 +106,28 @@ def test_another_user_sees_neither_the_pool_nor_its_tasks(stack: Stack, pilots: 
     with pytest.raises(ClientError) as err:
         bob.task_states(uids)  # someone else's uids are unknown, not readable
     assert err.value.status_code == 404
+
+
+def test_pool_tasks_bring_their_output_and_a_removed_pool_says_gone(stack: Stack, pilots: PilotsClient) -> None:
+    bridge = stack.client()
+    seen: list[dict[str, Any]] = []
+    bridge.register_callback(plugin_name="pilots", topic="pool_status", callback=lambda e, p, t, d: seen.append(d))
+    assert bridge.wait_for_events(10)
+    pilots.create_pool("outputs", max_size=1)
+    echo = [{"executable": "/bin/sh", "arguments": ["-c", f"echo out{i}; echo err{i} >&2"]} for i in range(300)]
+    square = [{"function": "tests.plugins.tasks_helpers:square", "args": [i]} for i in range(300)]
+    uids = pilots.submit_tasks(echo + square, pool="outputs")
+    assert set(pilots.wait_tasks(uids, timeout=120).values()) == {"DONE"}
+    for i in (0, 17, 299):  # records collected from the pilot in batches (get_tasks)
+        task = pilots.get_task(uids[i])
+        assert (task["stdout"], task["stderr"], task["exit_code"]) == (f"out{i}\n", f"err{i}\n", 0)
+        assert pilots.get_task(uids[300 + i])["return_value"] == i * i
+    assert "has no get_tasks" not in (stack.workdir / "edge.log").read_text(errors="replace")
+
+    pilots.cancel_pool("outputs")
+    poll_for(lambda: all(p["name"] != "outputs" for p in pilots.list_pools()), 60, 0.2, what="the pool forgotten")
+    gone = poll_for(lambda: [d for d in seen if d.get("name") == "outputs" and d.get("state") == "GONE"] or None,
+                    10, 0.1, what="the pool's GONE event")
+    assert len(gone) == 1 and gone[0]["pilots"] == [] and gone[0]["queued"] == 0
+    assert seen[-1] is gone[0] or all(d.get("name") != "outputs" for d in seen[seen.index(gone[0]) + 1:])
+    assert any(d.get("name") == "outputs" and d.get("state") == "ACTIVE" for d in seen)

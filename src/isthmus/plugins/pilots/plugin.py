@@ -87,7 +87,7 @@ class PluginPilots(Plugin):
         self._loop_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._changes: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self._pool_seen: dict[str, tuple[Any, ...]] = {}  # what pool_status last said per pool
+        self._pool_seen: dict[str, tuple[Principal, tuple[Any, ...]]] = {}  # pool_status's last word per pool
         for path, handler in (("create_pool/{sid}", self.create_pool), ("cancel_pool/{sid}/{name}", self.cancel_pool),
                               ("submit_tasks/{sid}", self.submit_tasks),
                               ("cancel_task/{sid}/{uid}", self.cancel_task),
@@ -531,11 +531,13 @@ class PluginPilots(Plugin):
             summary = pool.public()
             seen = (summary["state"], summary["queued"], summary["running"],
                     tuple((p["job_id"], p["state"], p["edge"], p["running"]) for p in summary["pilots"]))
-            if self._pool_seen.get(pool.name) != seen:
-                self._pool_seen[pool.name] = seen
+            if self._pool_seen.get(pool.name) != (pool.owner, seen):
+                self._pool_seen[pool.name] = (pool.owner, seen)
                 self.notify("pool_status", summary, owner=pool.owner)
-        for name in [n for n in self._pool_seen if n not in self.pools]:
-            del self._pool_seen[name]
+        for name in [n for n in self._pool_seen if n not in self.pools]:  # removed: say so, once
+            gone_owner, _ = self._pool_seen.pop(name)
+            self.notify("pool_status", {"name": name, "owner": gone_owner.name, "state": "GONE", "queued": 0,
+                                        "running": 0, "pilots": []}, owner=gone_owner)
 
     # -- routes: pools ---------------------------------------------------------------------------
 

@@ -93,6 +93,11 @@ export function onNotification(data, page, api) {
   if (!pool?.name) return;
   const box = page.querySelector('.pl-pools');
   const old = box.querySelector(`section[data-pool="${CSS.escape(pool.name)}"]`);
+  if (pool.state === 'GONE') {  // cancelled and forgotten: its last word
+    old?.remove();
+    page.querySelector('.pl-empty').hidden = box.childElementCount > 0;
+    return;
+  }
   const card = poolCard(api, pool);
   if (old) old.replaceWith(card); else box.append(card);
   page.querySelector('.pl-empty').hidden = true;

@@ -172,6 +172,11 @@ export function render(main, route) {
     notify: n => {
       drawRecent();
       note(n);
+      const gone = n.topic === 'pool_status' && n.data?.state === 'GONE' && data.get(n.edge)?.pools;
+      if (gone) {  // a removed pool: its row goes now, not at the next refresh
+        data.get(n.edge).pools = gone.filter(p => p.name !== n.data.name);
+        if (alive && n.edge in edges) drawEdge(n.edge);
+      }
       if (n.edge in edges) dirty.add(n.edge);
     },
     topology: delta => {
