@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import isthmus
 from isthmus.plugins.pilots.client import PilotsClient
 from isthmus.plugins.tasks.client import TasksClient
 from isthmus.testing.stack import Stack, poll_for
@@ -60,10 +61,15 @@ def main() -> None:
     parser.add_argument("--dask", action="store_true", help="pilots run their tasks on their own Dask cluster")
     args = parser.parse_args()
     config: dict[str, Any] = {"scheduler": "slurm" if args.slurm else "none",
-                              "plugins": {"tasks": {"workers": 2}, "psij": {"allowed_directories": ["~", "/tmp"]},
+                              "plugins": {"tasks": {"workers": 2},
+                                          # the pilots run this checkout's isthmus, not an installed one
+                                          "psij": {"allowed_directories": ["~", "/tmp"],
+                                                   "env_passthrough": ["PYTHONPATH"]},
                                           "pilots": {"tick": 0.1, "prefetch": 2048,
                                                      "collect_output": not args.states_only}}}
     env = {"SLURM_CONF": os.environ["SLURM_CONF"]} if args.slurm and "SLURM_CONF" in os.environ else {}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(isthmus.__file__).resolve().parents[1]),
+                                                    os.environ.get("PYTHONPATH", "")) if p)
     result: dict[str, Any] = {"pilots": 2, "cores_per_pilot": 1, "local_workers": 2,
                               "executor": "slurm" if args.slurm else "local",
                               "collect_output": not args.states_only, "dask": args.dask, "batches": {}}
