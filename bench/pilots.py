@@ -83,7 +83,11 @@ def main() -> None:
         try:
             run(result, pilots, local, start, args.rounds)
         finally:
-            pilots.cancel_pool("bench")  # pilot jobs outlive their edge (by design): end them here
+            # pilot jobs outlive their edge (by design): end them here, and wait until they have
+            # (the pool is forgotten once its jobs ended), or closing the stack leaves them running
+            pilots.cancel_pool("bench")
+            poll_for(lambda: all(p["name"] != "bench" for p in pilots.list_pools()), 120, 0.2,
+                     what="the pool's pilot jobs ended")
     print(json.dumps(result, indent=2))
 
 

@@ -17,7 +17,7 @@ import yaml
 import isthmus
 from isthmus.plugins.pilots import daskcluster
 from isthmus.plugins.pilots.client import PilotsClient
-from isthmus.testing.stack import Stack
+from isthmus.testing.stack import Stack, poll_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = Path(isthmus.__file__).resolve().parents[1]
@@ -40,6 +40,8 @@ def pilots_client(stack: Stack) -> Iterator[PilotsClient]:
     for pool in client.list_pools():
         if pool["state"] == "ACTIVE":
             client.cancel_pool(pool["name"])
+    # a pool is forgotten once its jobs ended; closing the stack before that would leave them running
+    poll_for(lambda: not client.list_pools(), 120, 0.2, what="every pool's pilot jobs ended")
 
 
 # -- pilots with Dask ---------------------------------------------------------------------------------
