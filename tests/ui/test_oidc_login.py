@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from isthmus.testing.oidc import OidcProvider
-from isthmus.testing.stack import Stack
+from isthmus.testing.stack import Stack, poll_for
 from tests.ui.conftest import shot
 
 PSIJ = {"scheduler": "none", "plugins": {"psij": {"enabled": True, "allowed_directories": ["~", "/tmp"]}}}
@@ -87,6 +87,8 @@ def test_an_expired_session_is_renewed_with_the_refresh_cookie(page, sso) -> Non
     page.context.clear_cookies(name="isthmus_session")  # now while the page runs: its next call renews
     page.click("#nav a[href='#/test/psij']")
     page.wait_for_selector(".psij-submit")
+    # the page's template shows before its first call; that call's 401 is what renews the session
+    poll_for(lambda: "isthmus_session" in {c["name"] for c in page.context.cookies()}, 15, 0.1,
+             what="the session cookie renewed")
     assert page.is_hidden("#login") and page.inner_text("#who") == "Root Admin (admin)"
-    assert "isthmus_session" in {c["name"] for c in page.context.cookies()}
     assert page.errors == []
