@@ -114,6 +114,9 @@ def test_security_headers_keyboard_widths_and_dark(page, demo) -> None:
     assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert resp.headers["x-frame-options"] == "DENY"
     page.goto(demo["url"] + "/")
+    page.wait_for_selector("#login:not(.hidden)")  # the form shows after whoami's 401: tab only then
+    assert page.evaluate("document.activeElement.id") == "token"  # the login puts the cursor there
+    page.evaluate("document.activeElement.blur()")  # and from the top of the page, Tab reaches it
     for _ in range(6):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "token":
