@@ -30,7 +30,6 @@ const state = {
   pages: new Map(), current: null, source: null, lastEventId: null,
   recent: [],  // the last notifications, newest first (the dashboard shows them)
   builtin: null,  // the Explorer's own page on screen (dashboard, jobs, files): gets events too
-  routedHash: null,  // the location.hash that page was shown for
 };
 
 // Read-only access for the Explorer's own page modules (static/pages/*.js).
@@ -449,10 +448,7 @@ const BUILTIN = { '': './pages/dashboard.js', ':jobs': './pages/jobs.js', ':file
 // Each navigation's number: a page that finishes loading after a later navigation is not shown.
 let routeCount = 0;
 
-// ``again``: a hashchange for the page already shown (start() may have routed to the new hash
-// before its hashchange event arrived) keeps that page, and what its user did there, as it is.
-async function route(again = true) {
-  if (!again && state.builtin && state.routedHash === location.hash) return;
+async function route() {
   const mine = ++routeCount;
   markActive();
   const { edge, plugin, view } = parseRoute();
@@ -460,14 +456,12 @@ async function route(again = true) {
   for (const page of state.pages.values()) page.hide?.();
   state.builtin?.hide?.();
   state.builtin = null;
-  state.routedHash = null;
   const builtin = BUILTIN[edge ?? ''];
   if (builtin !== undefined && (!plugin || edge?.startsWith(':'))) {
     const mod = await import(builtin);
     if (mine !== routeCount) return;
     const page = mod.render(main, { edge: plugin, rest: view, query: new URLSearchParams(location.hash.split('?')[1] || '') });
     state.builtin = page;
-    state.routedHash = location.hash;
     main.focus();
     return;
   }
@@ -807,7 +801,7 @@ async function start() {
   await route();
 }
 
-window.addEventListener('hashchange', () => { if (state.me) route(false).catch(err => flash(err.message, false)); });
+window.addEventListener('hashchange', () => { if (state.me) route().catch(err => flash(err.message, false)); });
 document.addEventListener('DOMContentLoaded', () => {
   $('#login-form').addEventListener('submit', login);
   $('#logout').addEventListener('click', logout);
