@@ -241,7 +241,8 @@ def test_config_contract() -> None:
 
 def test_get_tasks_reads_records_in_batches_within_bounds(stack) -> None:
     from isthmus.plugins.tasks.client import TasksClient
-    from isthmus.plugins.tasks.plugin import GET_TASKS_BYTES, GET_TASKS_MAX
+    from isthmus.plugins.tasks.plugin import GET_TASKS_BYTES
+    from isthmus.plugins.tasks.wire import GET_TASKS_MAX
 
     ann, bob = stack.create_token("user", principal="ann"), stack.create_token("user", principal="bob")
     one, two = (stack.client(ann).get_edge_client("test").get_plugin("tasks", TasksClient) for _ in range(2))

@@ -77,11 +77,16 @@ _context: contextvars.ContextVar[PluginContext | None] = contextvars.ContextVar(
     "isthmus_plugin_context", default=None)
 
 
+def json_bytes(content: Any) -> bytes:
+    """How plugin answers are encoded: orjson (datetimes, dataclasses, numpy, non-string keys)."""
+    return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
 class JSON(JSONResponse):
     """JSON response rendered with orjson (datetimes, dataclasses, fast)."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        return json_bytes(content)
 
 
 # Input that breaks a parser inside a route is the caller's fault: 4xx, never a 500.

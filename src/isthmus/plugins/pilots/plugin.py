@@ -37,7 +37,7 @@ from ...sdk.plugin import Plugin
 from ...sdk.session import PluginSession
 from ...types import Principal, Role, current_principal
 from ..jobpolicy import resolve_executable
-from ..tasks.wire import expand
+from ..tasks.wire import GET_TASKS_MAX, expand
 from .config import PilotsConfig
 from .jobs import TOKEN_MARGIN, PilotJobs, child_name
 from .pool import ENDED, READY, RELEASING, SUBMITTED, Pilot, Pool, TaskRef, to_release, wanted_pilots
@@ -48,7 +48,6 @@ log = logging.getLogger("isthmus.plugins.pilots")
 FINAL = ("DONE", "FAILED", "CANCELLED")
 SEND_MAX = 512  # tasks per submit call to a pilot
 FETCH_CONCURRENCY = 32  # get_task calls in flight per pilot (a child without get_tasks)
-FETCH_BATCH = 1000  # uids per get_tasks call to a pilot (the tasks plugin's most)
 SUSPECT_WAIT = 3.0  # seconds a killed-looking result waits: did its pilot die under it?
 PAGE_MAX = 10_000
 
@@ -428,12 +427,12 @@ class PluginPilots(Plugin):
 
     async def _fetch_batches(self, pool: Pool, pilot: Pilot, remotes: list[str]) -> tuple[list[tuple[str, Any]],
                                                                                           list[str]]:
-        """Whole records of ``remotes`` through get_tasks, FETCH_BATCH a call (following its
+        """Whole records of ``remotes`` through get_tasks, GET_TASKS_MAX a call (following its
         ``more``); also the uids left for get_task, all of them when the child has no get_tasks
         (404/405: an older child). A failed call leaves its tasks in flight: asked again next pass."""
         records: list[tuple[str, Any]] = []
-        for start in range(0, len(remotes), FETCH_BATCH):
-            ask = remotes[start:start + FETCH_BATCH]
+        for start in range(0, len(remotes), GET_TASKS_MAX):
+            ask = remotes[start:start + GET_TASKS_MAX]
             while ask:
                 try:
                     answer = await self._calls.call(pilot.edge or "", "POST", f"/tasks/get_tasks/{pilot.sid}",
@@ -442,7 +441,7 @@ class PluginPilots(Plugin):
                     if exc.status in (404, 405) and "session" not in str(exc.detail):
                         pilot.batch_reads = False
                         log.info("pool %s: %s has no get_tasks; reading records one by one", pool.name, pilot.edge)
-                        return records, ask + remotes[start + FETCH_BATCH:]
+                        return records, ask + remotes[start + GET_TASKS_MAX:]
                     self._failed_call(pool, pilot, exc)
                     return records, []
                 records.extend((t["uid"], t) for t in answer.get("tasks", []))

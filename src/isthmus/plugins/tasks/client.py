@@ -19,12 +19,11 @@ import orjson
 
 from ...errors import ClientError
 from ...sdk.client import PluginClient
-from .wire import compact
+from .wire import GET_TASKS_MAX, compact
 
 FINAL = ("DONE", "FAILED", "CANCELLED")
 PIPELINE = 4096  # tasks per request for large batches
 PAGE = 10_000  # tasks per list_tasks request when reading every page
-GET_TASKS_PAGE = 1000  # uids per get_tasks request (the edge takes at most 1,000)
 CACHE = 1 << 17  # final states from events kept for a later wait_tasks; beyond, the oldest go (and are asked for)
 FIRST_QUIET = 0.5  # seconds without news of awaited tasks before the edge is first asked about them
 QUIET = 2.0  # ... and between later questions (the edge long-polls: it answers when they are final)
@@ -158,13 +157,13 @@ class TasksClient(PluginClient):
         return cast(dict[str, Any], self._get(f"get_task/{self._require_sid()}/{uid}"))
 
     def get_tasks(self, uids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """uid → whole record (as ``get_task``) of these tasks, GET_TASKS_PAGE per request; the
+        """uid → whole record (as ``get_task``) of these tasks, GET_TASKS_MAX per request; the
         edge's answer-size bound is followed (its ``more``). A uid the session never had, or
         forgot, is a ClientError (404), as with ``get_task``."""
         wanted = list(uids)
         records: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(wanted), GET_TASKS_PAGE):
-            ask = wanted[start:start + GET_TASKS_PAGE]
+        for start in range(0, len(wanted), GET_TASKS_MAX):
+            ask = wanted[start:start + GET_TASKS_MAX]
             while ask:
                 answer = self._post(f"get_tasks/{self._require_sid()}", json={"uids": ask})
                 self._raise_unknown(answer.get("unknown"))

@@ -41,7 +41,7 @@ from starlette.responses import Response
 
 from ...errors import PluginError
 from ...sdk.menu import MenuItem, MenuSection
-from ...sdk.plugin import Plugin
+from ...sdk.plugin import Plugin, json_bytes
 from ...sdk.session import PluginSession
 from ...types import Role, current_principal
 from ..jobpolicy import check_environment, check_number, check_text, resolve_executable
@@ -50,7 +50,7 @@ from .backends.local import LocalBackend
 from .config import TasksConfig
 from .index import NumberSet, merged_page, number_of, uid_of
 from .states import FINAL, TaskState, advance
-from .wire import expand
+from .wire import GET_TASKS_MAX, expand
 
 COALESCE_SECONDS = 0.05
 COALESCE_MAX = 1000
@@ -60,7 +60,6 @@ MAX_TIMEOUT = 366 * 86400  # seconds; larger (or inf/nan) is a mistake, and over
 INTERNAL_KEYS = frozenset({"uid", "cancel_marker", "passthrough"})  # set by the edge, never by a client
 PAGE_DEFAULT = 1000  # list_tasks without limit: one page of this many, never the whole session
 PAGE_MAX = 10_000
-GET_TASKS_MAX = 1000  # uids per get_tasks call
 GET_TASKS_BYTES = 16 << 20  # a get_tasks answer stops adding records past this many bytes (stdout, stderr, values)
 FORGOTTEN_CODES = (None, TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)  # bytes of session.forgotten
 
@@ -731,7 +730,7 @@ class PluginTasks(Plugin):
             elif parts and size >= GET_TASKS_BYTES:
                 more.append(uid)
             else:
-                part = orjson.dumps(task.full(), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+                part = json_bytes(task.full())  # as a route's answer is rendered (sdk.plugin.JSON)
                 size += len(part)
                 parts.append(part)
                 session.mark_read(task)

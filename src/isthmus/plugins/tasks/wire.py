@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+GET_TASKS_MAX = 1000  # uids per get_tasks call: the edge refuses more, the client and pilots page by it
+
 
 def _key(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
