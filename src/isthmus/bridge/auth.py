@@ -28,7 +28,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import re
 import secrets
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..private_files import write_private
 from ..types import Principal, Role
 from .standalone import Standalone
 
@@ -326,23 +326,8 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def write_private_json(path: Path, data: Any) -> None:
-    """Replace the file atomically through a temporary file that is created fresh.
-
-    ``O_EXCL | O_NOFOLLOW`` with a random name: a planted ``tokens.tmp`` (a symlink, or a
-    file with a wide mode) is never written through or reused.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace the file (mode 600) atomically; a planted temporary file is never used."""
+    write_private(path, json.dumps(data, indent=2))
 
 
 def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...private_files import write_private
 from ..tasks.worker import set_parent_death_signal
 
 OPTIONS = "dask.json"  # written by the parent edge: {"threads": N, "interface": null}
@@ -50,15 +51,6 @@ def security(directory: Path) -> Any:
     cert, key = str(directory / CERT), str(directory / KEY)
     return Security(require_encryption=True, tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key,
                     tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` mode 600, atomically (readers never see half a key or address)."""
-    part = path.with_name(path.name + ".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(part, path)
 
 
 def _close_http(server: Any) -> None:

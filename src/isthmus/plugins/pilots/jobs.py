@@ -12,7 +12,6 @@ backend over mutual TLS with the pilot's own certificate (see ``daskcluster``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -24,6 +23,7 @@ import yaml
 from ... import schedulers
 from ...errors import PluginError
 from ...jobstates import JobState
+from ...private_files import write_private
 from . import daskcluster
 from .config import PilotsConfig
 from .spec import PoolSpec
@@ -135,11 +135,7 @@ class PilotJobs:
         """Write the child's name, then its token (mode 600, atomically) for the launcher."""
         directory = self._directory(job_id)
         (directory / "name").write_text(edge)
-        part = directory / "token.part"
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token)
-        os.replace(part, directory / "token")
+        write_private(directory / "token", token)
 
     def forget_token(self, job_id: str) -> None:
         (self._directory(job_id) / "token").unlink(missing_ok=True)
