@@ -32,6 +32,14 @@ def same_code_env(**extra: str) -> dict[str, str]:
     return {"PYTHONPATH": path, **extra}
 
 
+@contextlib.contextmanager
+def local_pilots_stack(workdir: Path) -> Iterator[Stack]:
+    """A bridge and edge ``test`` (psij, pilots) whose pilots are local processes of this checkout."""
+    config = {"scheduler": "none", "plugins": {"psij": SAME_CODE_PSIJ, "pilots": {"tick": 0.2, "idle_timeout": 2}}}
+    with Stack(plugins=["psij", "pilots"], config=config, env=same_code_env(), workdir=workdir) as stack:
+        yield stack
+
+
 def pilots_client(stack: Stack) -> Iterator[PilotsClient]:
     """A pilots client on edge ``test``; afterwards every pool still active is cancelled, so
     nothing a failed test made keeps running (with a fresh session: the edge may have restarted)."""

@@ -11,16 +11,13 @@ import pytest
 from isthmus import ClientError
 from isthmus.plugins.pilots.client import PilotsClient
 from isthmus.testing.stack import Stack, poll_for
-from tests.plugins.pilots_helpers import SAME_CODE_PSIJ, pilots_client, same_code_env
-
-# the pilots run this checkout's isthmus (PYTHONPATH through psij), and import tests' functions by name
-CONFIG = {"scheduler": "none", "plugins": {"psij": SAME_CODE_PSIJ, "pilots": {"tick": 0.2, "idle_timeout": 2}}}
+from tests.plugins.pilots_helpers import local_pilots_stack, pilots_client
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(plugins=["psij", "pilots"], config=CONFIG, env=same_code_env(),
-               workdir=tmp_path_factory.mktemp("pilots")) as s:
+    # the pilots run this checkout's isthmus (PYTHONPATH through psij), and import tests' functions by name
+    with local_pilots_stack(tmp_path_factory.mktemp("pilots")) as s:
         yield s
 
 

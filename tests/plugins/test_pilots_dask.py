@@ -13,22 +13,18 @@ from isthmus.plugins.pilots import daskcluster
 from isthmus.plugins.pilots.client import PilotsClient
 from isthmus.testing.stack import Stack, poll_for
 from tests.plugins.pilots_helpers import (
-    SAME_CODE_PSIJ,
     assert_dask_locked,
+    local_pilots_stack,
     pilot_directory,
     pilot_processes,
     pilots_client,
-    same_code_env,
 )
 from tests.plugins.tasks_helpers import dask_view
-
-CONFIG = {"scheduler": "none", "plugins": {"psij": SAME_CODE_PSIJ, "pilots": {"tick": 0.2, "idle_timeout": 2}}}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(plugins=["psij", "pilots"], config=CONFIG, env=same_code_env(),
-               workdir=tmp_path_factory.mktemp("pilots-dask")) as s:
+    with local_pilots_stack(tmp_path_factory.mktemp("pilots-dask")) as s:
         yield s
 
 

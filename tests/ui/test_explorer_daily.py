@@ -12,11 +12,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+import pytest
 
 from isthmus.plugins.psij.client import is_final
 from isthmus.testing.stack import Stack, poll_for
@@ -225,16 +228,15 @@ def test_composer_job_is_live_and_its_output_grows(page, demo) -> None:
     assert page.errors == []
 
 
-def test_upload_50_mb_with_progress_and_download_it_back(page, demo, tmp_path) -> None:
-    folder = Path("/tmp") / f"isthmus-ui-{os.getpid()}"  # inside the staging sandbox's default roots
-    folder.mkdir(exist_ok=True)
-    try:
-        upload_and_download(page, demo, tmp_path, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A folder for uploads inside the staging sandbox's default roots (/tmp), removed afterwards."""
+    made = Path(tempfile.mkdtemp(prefix="isthmus-ui-", dir="/tmp"))
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
 
 
-def upload_and_download(page: Any, demo: dict[str, str], tmp_path: Path, folder: Path) -> None:
+def test_upload_50_mb_with_progress_and_download_it_back(page, demo, tmp_path, folder) -> None:
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(50 * 1024 * 1024))
     expected = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -318,16 +320,7 @@ def test_files_page_keeps_the_folder_typed_and_asked_for_last(page, demo) -> Non
 SLICE = 8 * 1024 * 1024  # the Files page's upload slice (pages/files.js)
 
 
-def test_upload_resumes_from_what_the_edge_kept(page, demo, tmp_path) -> None:
-    folder = Path("/tmp") / f"isthmus-ui-resume-{os.getpid()}"  # inside the staging sandbox's default roots
-    folder.mkdir(exist_ok=True)
-    try:
-        resume_upload(page, demo, tmp_path, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def resume_upload(page: Any, demo: dict[str, str], tmp_path: Path, folder: Path) -> None:
+def test_upload_resumes_from_what_the_edge_kept(page, demo, tmp_path, folder) -> None:
     """Five slices; the connection breaks 3 MiB into the third (those bytes reach the edge) and stays
     broken through the automatic retries; Resume then sends only the rest, with one more break on
     the way that the page gets over by itself. Every PUT goes through the route handler, which
